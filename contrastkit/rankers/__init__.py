@@ -1,0 +1,1 @@
+"""RankGen-style encoders and their contrastive training."""
