@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +122,9 @@ def resolve_source(name_or_path: str) -> ModelSource:
             return ModelSource("gguf", str(p.parent), p.name)
         raise UsageError(f"'{name_or_path}' is not a model: expected a model directory (with config.json) or a .gguf file")
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.endswith(".gguf") or name_or_path.count("/") > 1
-    if looks_like_path or not _HUB_ID.match(name_or_path):
-        hint = did_you_mean(name_or_path, list(EMBEDDED_CAUSAL) + list(EMBEDDED_ENCODERS))
+    hint = did_you_mean(name_or_path, list(EMBEDDED_CAUSAL) + list(EMBEDDED_ENCODERS))
+    if looks_like_path or not _HUB_ID.match(name_or_path) or ("/" not in name_or_path and hint):
+        # a near-miss of an embedded name is a typo, not a Hub id: fail at once instead of retrying the network
         raise UsageError(f"model path '{name_or_path}' does not exist.{hint}")
     return ModelSource("hub", name_or_path)
 
@@ -154,6 +156,8 @@ def materialize_gguf(folder: str, gguf_file: str) -> Path:
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"contrastkit: dequantizing {src.name} once into {target} (about 20 s; later loads reuse it)",
+          file=sys.stderr)
     try:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)

@@ -35,7 +35,7 @@ class ArgumentParser(argparse.ArgumentParser):
             flag = next((b for b in bad if b.startswith("--")), None)
             if flag:
                 options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
-                message += did_you_mean(flag.split("=")[0], options)
+                message += "." + did_you_mean(flag.split("=")[0], options)
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
@@ -195,6 +195,8 @@ def run_command(prog: str, fn: Callable[[], int | None]) -> int:
     """Run a command body, mapping bad input to one line on stderr and exit code 2."""
     try:
         return fn() or 0
+    except SystemExit as e:  # argparse: --help (0) or a usage error it already printed (2)
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
     except UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

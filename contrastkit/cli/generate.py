@@ -1,0 +1,166 @@
+"""``contrastkit generate``: generate text with one or more registered strategies.
+
+Examples::
+
+    contrastkit generate "Once upon a time"                                   # embedded SmolLM2, greedy
+    contrastkit generate "Once upon a time" --strategy greedy,sample,beam      # side by side
+    contrastkit generate --input prompts.jsonl --output out.jsonl --strategy contrastive --top_k 4
+    contrastkit generate "Tell me a joke" --chat --stream
+    contrastkit generate --config run.yaml "Once upon a time"
+
+Input JSONL records carry one of ``prompt`` (text), ``messages`` (chat) or ``input_ids``.
+Output JSONL has one record per input and strategy, written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+
+from contrastkit.cli.common import (
+    ArgumentParser,
+    add_dataclass_arguments,
+    atomic_write,
+    build_dataclass,
+    parse_with_config,
+    read_jsonl,
+    run_command,
+)
+from contrastkit.errors import UsageError
+from contrastkit.models import ModelConfig
+
+PROG = "contrastkit generate"
+
+
+@dataclass
+class GenerateArgs:
+    """Options of ``contrastkit generate`` that are not model or strategy parameters."""
+
+    strategy: str = field(default="greedy", metadata={"help": "Strategy name, or a comma list to compare side by side."})
+    input: str | None = field(default=None, metadata={"help": "JSONL file of prompts (prompt / messages / input_ids)."})
+    output: str | None = field(default=None, metadata={"help": "Write one JSONL record per input and strategy here."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Maximum number of new tokens, >= 1."})
+    min_new_tokens: int = field(default=0, metadata={"help": "Minimum number of new tokens (EOS suppressed before)."})
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+    chat: bool = field(default=False, metadata={"help": "Apply the chat template to text prompts."})
+    stream: bool = field(default=False, metadata={"help": "Stream tokens to stdout (one prompt, one strategy)."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per left-padded batch."})
+
+
+def build_parser(strategy_names: list[str]) -> ArgumentParser:
+    from contrastkit.decoding.base import get_strategy
+
+    parser = ArgumentParser(prog=PROG, description="Generate text with registered decoding strategies.")
+    parser.add_argument("prompts", nargs="*", help="Prompt texts (or use --input).")
+    parser.add_argument("--config", help="YAML file whose keys are these options (flags override it).")
+    add_dataclass_arguments(parser, GenerateArgs)
+    add_dataclass_arguments(parser, ModelConfig, group_title="model")
+    for name in strategy_names:
+        add_dataclass_arguments(parser, get_strategy(name).config_cls, group_title=f"strategy '{name}'")
+    return parser
+
+
+def _requested_strategies(argv: list[str]) -> list[str]:
+    """Find the strategy names before the full parse, so their flags can be added."""
+    pre = ArgumentParser(add_help=False)
+    pre.add_argument("--strategy")
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    value = known.strategy
+    if value is None and known.config:
+        from contrastkit.cli.common import load_yaml_config
+
+        value = load_yaml_config(known.config, known=_all_keys()).get("strategy")
+    names = [s.strip() for s in str(value or "greedy").split(",") if s.strip()]
+    from contrastkit.decoding.base import get_strategy
+
+    for name in names:
+        get_strategy(name)  # unknown names raise with a did-you-mean
+    return names
+
+
+def _all_keys() -> list[str]:
+    """Every key a YAML config for this command may hold (strategy parameters included)."""
+    from contrastkit.registry import DECODERS
+
+    keys = [f.name for f in dataclasses.fields(GenerateArgs)] + [f.name for f in dataclasses.fields(ModelConfig)]
+    for name in DECODERS.names():
+        keys += [f.name for f in dataclasses.fields(DECODERS.get(name).config_cls)]
+    return keys
+
+
+def collect_prompts(args) -> list:
+    if args.input and args.prompts:
+        raise UsageError("give prompts either as arguments or with --input, not both")
+    if args.input:
+        records = [rec for _, rec in read_jsonl(args.input)]
+        if not records:
+            raise UsageError(f"input file '{args.input}' has no records")
+        return records
+    if not args.prompts:
+        raise UsageError("no prompt given: pass a prompt text or --input FILE")
+    return list(args.prompts)
+
+
+def strategy_params(args, name: str) -> dict:
+    from contrastkit.decoding.base import get_strategy
+
+    cls = get_strategy(name).config_cls
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def run(argv: list[str]) -> int:
+    import contrastkit.decoding  # noqa: F401  (registers the built-in strategies)
+
+    names = _requested_strategies(argv)
+    args = parse_with_config(build_parser(names), argv)
+    opts = build_dataclass(GenerateArgs, vars(args))
+    model_cfg = build_dataclass(ModelConfig, vars(args))
+    prompts = collect_prompts(args)
+    if opts.stream and (len(prompts) != 1 or len(names) != 1 or opts.output):
+        raise UsageError("--stream needs exactly one prompt, one strategy and no --output")
+    params = {name: strategy_params(args, name) for name in names}
+    for name in names:  # validate every parameter before the (slow) model load
+        from contrastkit.decoding.base import get_strategy
+
+        get_strategy(name).make_config(**params[name])
+
+    from contrastkit.generation import generate
+    from contrastkit.models import load_model
+
+    model, tokenizer = load_model(model_cfg)
+    streamer = None
+    if opts.stream:
+        from transformers import TextStreamer
+
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    common = dict(max_new_tokens=opts.max_new_tokens, min_new_tokens=opts.min_new_tokens, chat=opts.chat,
+                  batch_size=opts.batch_size, seed=opts.seed, streamer=streamer, progress=opts.input is not None)
+    results = {name: generate(model, tokenizer, prompts, name, **common, **params[name]) for name in names}
+    if opts.stream:
+        return 0
+    if opts.output:
+        with atomic_write(opts.output) as f:
+            for i in range(len(prompts)):
+                for name in names:
+                    record = {"index": i, "model": model_cfg.model, **results[name][i].to_dict()}
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        print(f"wrote {len(prompts) * len(names)} records to {opts.output}", file=sys.stderr)
+        return 0
+    for i in range(len(prompts)):
+        if len(prompts) > 1 or len(names) > 1:
+            print(f"=== prompt {i + 1}: {results[names[0]][i].prompt!r}")
+        for name in names:
+            r = results[name][i]
+            prefix = f"[{name}] " if len(names) > 1 else ""
+            print(f"{prefix}{r.text}")
+            if len(names) > 1:
+                print(f"    ({r.new_tokens} tokens, {r.time_s:.2f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    return run_command(PROG, lambda: run(argv))
