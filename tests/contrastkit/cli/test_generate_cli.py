@@ -127,3 +127,14 @@ def test_console_script_on_embedded_model(tmp_path):
     bad = subprocess.run([exe, "generate", "x", "--strategy", "beam", "--num_beams", "0"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "num_beams must be in [1, inf]" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_stream_prints_the_generated_text(tiny_model_dir, capsys):
+    code, streamed, err = run(["generate", "--model", str(tiny_model_dir), "the cat saw", "--stream",
+                               "--max_new_tokens", "6", "--min_new_tokens", "6"], capsys)
+    assert code == 0, err
+    code, plain, _ = run(["generate", "--model", str(tiny_model_dir), "the cat saw",
+                          "--max_new_tokens", "6", "--min_new_tokens", "6"], capsys)
+    assert streamed.strip() == plain.strip() and plain.strip()
+    code, _, err = run(["generate", "--model", str(tiny_model_dir), "a", "b", "--stream"], capsys)
+    assert code == 2 and "--stream needs exactly one prompt" in err
