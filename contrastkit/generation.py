@@ -7,6 +7,7 @@ the code that HF ``generate`` and pipelines run.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
@@ -190,9 +191,9 @@ def generate(
     where = [f"prompt {i + 1}" for i in range(len(prompts))]
     encoded = [encode_prompt(tokenizer, p, chat=chat, where=w) for p, w in zip(prompts, where)]
     check_lengths(model, [ids for ids, _ in encoded], max_new_tokens, where)
+    if seed is not None and getattr(config, "seed", 0) is None:  # a strategy's own generator follows the run seed
+        config = dataclasses.replace(config, seed=seed)
     gen_kwargs = strat.generate_kwargs(config)
-    if seed is not None and "seed" in gen_kwargs and gen_kwargs["seed"] is None:
-        gen_kwargs["seed"] = seed
     if streamer is not None:
         gen_kwargs["token_streamer"] = streamer
     eos = eos_token_ids(model, tokenizer)

@@ -108,7 +108,9 @@ def strategy_params(args, name: str) -> dict:
     from contrastkit.decoding.base import get_strategy
 
     cls = get_strategy(name).config_cls
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    own = {f.name for f in dataclasses.fields(GenerateArgs)}  # e.g. --seed is the run seed, passed separately
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if f.name not in own and getattr(args, f.name, None) is not None}
 
 
 def run(argv: list[str]) -> int:

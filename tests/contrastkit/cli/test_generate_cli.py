@@ -138,3 +138,22 @@ def test_stream_prints_the_generated_text(tiny_model_dir, capsys):
     assert streamed.strip() == plain.strip() and plain.strip()
     code, _, err = run(["generate", "--model", str(tiny_model_dir), "a", "b", "--stream"], capsys)
     assert code == 2 and "--stream needs exactly one prompt" in err
+
+
+def test_shipped_generate_yaml_is_valid(tiny_model_dir, tmp_path, capsys):
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[3] / "configs" / "generate.yaml"
+    out = tmp_path / "o.jsonl"
+    code, _, err = run(["generate", "--config", str(cfg), "--model", str(tiny_model_dir), "--max_new_tokens", "3",
+                        "--output", str(out), "the cat"], capsys)
+    assert code == 0, err
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["strategy"] for r in recs] == ["greedy", "sample"] and recs[1]["params"]["top_p"] == 0.95
+
+
+def test_unknown_yaml_key_has_did_you_mean(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("max_new_token: 3\n")
+    code, _, err = run(["generate", "x", "--config", str(cfg)], capsys)
+    assert code == 2 and "unknown key 'max_new_token'. Did you mean 'max_new_tokens'" in err
