@@ -7,6 +7,7 @@ Examples::
     contrastkit generate --input prompts.jsonl --output out.jsonl --strategy contrastive --top_k 4
     contrastkit generate "Tell me a joke" --chat --stream
     contrastkit generate --config run.yaml "Once upon a time"
+    accelerate launch --num_processes 2 -m contrastkit.cli.main generate --input in.jsonl --output out.jsonl
 
 Input JSONL records carry one of ``prompt`` (text), ``messages`` (chat) or ``input_ids``.
 Output JSONL has one record per input and strategy, written atomically.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -113,6 +115,17 @@ def strategy_params(args, name: str) -> dict:
             if f.name not in own and getattr(args, f.name, None) is not None}
 
 
+def _process_shard(n: int):
+    """``(state, indices)`` of the prompts this process handles: all of them unless run under ``accelerate launch``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, list(range(n))
+    from accelerate import PartialState
+
+    state = PartialState()  # one full model replica per process (see models.load_model)
+    with state.split_between_processes(list(range(n))) as mine:
+        return state, list(mine)
+
+
 def run(argv: list[str]) -> int:
     import contrastkit.decoding  # noqa: F401  (registers the built-in strategies)
 
@@ -140,7 +153,19 @@ def run(argv: list[str]) -> int:
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     common = dict(max_new_tokens=opts.max_new_tokens, min_new_tokens=opts.min_new_tokens, chat=opts.chat,
                   batch_size=opts.batch_size, seed=opts.seed, streamer=streamer, progress=opts.input is not None)
-    results = {name: generate(model, tokenizer, prompts, name, **common, **params[name]) for name in names}
+    state, mine = _process_shard(len(prompts))
+    shard = {name: generate(model, tokenizer, [prompts[i] for i in mine], name, **common, **params[name])
+             for name in names}
+    if state is not None:  # under `accelerate launch`: gather every process's records on the main one
+        from accelerate.utils import gather_object
+
+        gathered = gather_object([(i, name, shard[name][j]) for name in names for j, i in enumerate(mine)])
+        if not state.is_main_process:
+            return 0
+        results = {name: [r for _, _, r in sorted((g for g in gathered if g[1] == name), key=lambda g: g[0])]
+                   for name in names}
+    else:
+        results = shard
     if opts.stream:
         return 0
     if opts.output:

@@ -157,3 +157,26 @@ def test_unknown_yaml_key_has_did_you_mean(tmp_path, capsys):
     cfg.write_text("max_new_token: 3\n")
     code, _, err = run(["generate", "x", "--config", str(cfg)], capsys)
     assert code == 2 and "unknown key 'max_new_token'. Did you mean 'max_new_tokens'" in err
+
+
+def test_accelerate_launch_two_processes_equals_one(tiny_model_dir, tmp_path):
+    """One model replica per process under `accelerate launch`: the merged output equals a 1-process run."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the cat", "a red dog", "once upon", "the king"]))
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["generate", "--model", str(tiny_model_dir), "--input", str(inp), "--max_new_tokens", "5",
+              "--min_new_tokens", "5", "--batch_size", "1"]
+    one = subprocess.run([os.path.join(bindir, "contrastkit"), *common, "--output", str(tmp_path / "one.jsonl")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([os.path.join(bindir, "accelerate"), "launch", "--cpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "contrastkit.cli.main", *common, "--output", str(tmp_path / "two.jsonl")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+
+    def load(name):
+        return [(r["index"], r["token_ids"]) for r in map(json.loads, (tmp_path / name).read_text().splitlines())]
+
+    assert load("one.jsonl") == load("two.jsonl") and len(load("two.jsonl")) == 4
