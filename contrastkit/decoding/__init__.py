@@ -6,6 +6,8 @@ callable is importable directly and plugs into ``model.generate(custom_generate=
 """
 
 from contrastkit.decoding.base import DecodingStrategy, get_strategy, register_strategy
+from contrastkit.decoding.contrastive_decoding import cd, dola, icd, lol  # noqa: F401  (registers cd/icd/dola/lol)
+from contrastkit.decoding.contrastive_search import contrastive_search
 from contrastkit.decoding.plain import beam, greedy, sample
 
-__all__ = ["DecodingStrategy", "get_strategy", "register_strategy", "greedy", "sample", "beam"]
+__all__ = ["DecodingStrategy", "get_strategy", "register_strategy", "greedy", "sample", "beam", "contrastive_search"]

@@ -33,6 +33,25 @@ def logprob_scorer(model, input_ids: torch.LongTensor, attention_mask: torch.Ten
     return logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
 
 
+def prefix_logprob_scorer(model, prefix_ids: torch.LongTensor, cont_ids: torch.LongTensor, config=None) -> torch.Tensor:
+    """log-probs (n, k) of n right-padded answers after ONE (1, P) prompt whose KV cache is shared by all."""
+    n, k = cont_ids.shape
+    P = prefix_ids.shape[1]
+    out = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
+    logprobs = torch.log_softmax(out.logits[:, -1:].float(), dim=-1).expand(n, -1, -1)  # (n, 1, V)
+    if k > 1:
+        cache = out.cache
+        cache.batch_repeat_interleave(n)
+        pos = P + torch.arange(k - 1, device=cont_ids.device).expand(n, -1)
+        mask = torch.ones(n, P + k - 1, dtype=torch.long, device=cont_ids.device)
+        rest = model(input_ids=cont_ids[:, :-1], attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        logprobs = torch.cat([logprobs, torch.log_softmax(rest.logits.float(), dim=-1)], 1)  # (n, k, V)
+    return logprobs.gather(-1, cont_ids[..., None]).squeeze(-1)
+
+
+logprob_scorer.prefix_scorer = prefix_logprob_scorer
+
+
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """lm-eval's pair encoding: returns (context_ids, continuation_ids)."""
     n_spaces = len(context) - len(context.rstrip())
@@ -67,6 +86,7 @@ def score(
     strategy: str | DecodingStrategy = "greedy",
     *,
     batch_size: int = 16,
+    share_prompt: bool = True,
     **params,
 ) -> list[list[ScoredContinuation]]:
     """Score continuations given contexts under ``strategy``'s scoring rule.
@@ -76,6 +96,9 @@ def score(
         continuations: for N contexts, a list of N lists of continuations (or, with one context, a flat list).
         strategy: any registered strategy; plain ones score with log-probs.
         batch_size: sequences per forward pass.
+        share_prompt: run each context once and expand its KV cache over its continuations (when the
+            strategy's scorer supports it: plain log-probs and the contrastive family); False scores
+            every (context + continuation) sequence on its own, as a left-padded batch.
         **params: the strategy's parameters (e.g. the amateur for contrastive rules).
 
     Returns:
@@ -84,6 +107,10 @@ def score(
     strat = get_strategy(strategy)
     config = strat.make_config(**params)
     scorer = strat.scorer or logprob_scorer
+    if "_contrastkit_tokenizer" not in model.__dict__:  # e.g. LOL's refocus instruction is text
+        from contrastkit.decoding.amateur import bind_tokenizer
+
+        bind_tokenizer(model, tokenizer)
     if isinstance(contexts, str):
         contexts = [contexts]
         if continuations and isinstance(continuations[0], str):
@@ -100,7 +127,9 @@ def score(
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out: list[list[ScoredContinuation]] = [[] for _ in contexts]
-    for start in range(0, len(flat), batch_size):
+    if share_prompt and getattr(scorer, "prefix_scorer", None) is not None:
+        flat = _score_shared_prompts(scorer.prefix_scorer, model, flat, config, batch_size, pad, device, out)
+    for start in range(0, len(flat), batch_size):  # the pairs the shared-prompt path did not take
         chunk = flat[start:start + batch_size]
         seqs = [c + x for _, c, x in chunk]
         T = max(len(s) for s in seqs)
@@ -113,3 +142,31 @@ def score(
         for r, (i, _, x) in enumerate(chunk):
             out[i].append(ScoredContinuation(x, token_scores[r, T - 1 - len(x):].tolist()))
     return out
+
+
+def _score_shared_prompts(prefix_scorer, model, flat, config, batch_size, pad, device, out):
+    """Score the continuations of each context in batches that share the context's KV cache.
+
+    Pairs are grouped by (context, context tokens): lm-eval's pair encoding can, in rare merge
+    cases, give one continuation different context tokens, and that pair then gets its own prompt
+    pass. Results land in ``out[i]`` in input order. Returns the pairs left for the flat path (none).
+    """
+    groups: dict[tuple, list] = {}
+    counts: dict[int, int] = {}
+    for i, c_ids, x_ids in flat:
+        groups.setdefault((i, tuple(c_ids)), []).append((counts.get(i, 0), x_ids))
+        counts[i] = counts.get(i, 0) + 1
+    for i, n in counts.items():
+        out[i].extend([None] * n)
+    for (i, prefix), items in groups.items():
+        prefix_ids = torch.tensor([prefix], dtype=torch.long, device=device)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            k = max(len(x) for _, x in chunk)
+            cont = torch.full((len(chunk), k), pad, dtype=torch.long)
+            for r, (_, x) in enumerate(chunk):  # right padding: the tail never influences the real tokens
+                cont[r, :len(x)] = torch.tensor(x)
+            token_scores = prefix_scorer(model, prefix_ids, cont.to(device), config).cpu()  # (n, k)
+            for r, (j, x) in enumerate(chunk):
+                out[i][j] = ScoredContinuation(x, token_scores[r, :len(x)].tolist())
+    return []

@@ -1,0 +1,160 @@
+"""Pure scoring functions of the contrastive-decoding family (CD, DoLa, ICD, LOL) on tensors.
+
+Nothing here touches a model: every function maps fp32 tensors to fp32 tensors and works on any
+leading shape (``(B, V)`` for one decoding step, ``(B, T, V)`` for scoring whole sequences); the
+vocabulary is always the last dimension.
+
+References:
+    * CD: Li et al. 2022, "Contrastive Decoding", arXiv 2210.15097, eq. (2)-(4): plausibility
+      head ``V_head = {v : p_E(v) >= alpha * max_w p_E(w)}`` and score ``log p_E - log p_A``.
+    * DoLa: Chuang et al. 2023, arXiv 2309.03883, eq. (2)-(4): early exit ``q_j = softmax(W h_j)``,
+      premature layer ``M = argmax_j JSD(q_N || q_j)``, score ``log q_N - log q_M`` on ``V_head``.
+    * ICD: Zhang et al. 2023, arXiv 2312.15710, eq. (3)-(5): the amateur is a hallucination-induced
+      fine-tune of the expert; ``log p_E - log p_A`` with the CD plausibility constraint.
+    * LOL: Chen et al. 2024, arXiv 2408.08769 (code not public; reconstruction in docs/lol.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` in fp32. logits: (..., V) -> (..., V)."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1)
+
+
+def plausibility_remove_mask(expert_logprobs: torch.Tensor, alpha: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """CD's adaptive plausibility constraint (arXiv 2210.15097 eq. 4): True where a token is removed.
+
+    A token survives iff ``log p_E(v) >= max_w log p_E(w) + log(alpha)``; the ``min_tokens_to_keep``
+    most likely tokens always survive (HF's ``_relative_top_filter``). ``alpha = 0`` removes nothing,
+    ``alpha = 1`` keeps only the argmax (and its exact ties).
+
+    Args:
+        expert_logprobs: (..., V) normalised expert log-probs.
+        alpha: the relative threshold in [0, 1].
+    Returns:
+        (..., V) bool, True = removed.
+
+    Example: log-probs ``log([0.6, 0.3, 0.05, 0.05])`` with alpha 0.1 keep tokens 0 and 1
+    (0.05 < 0.1 * 0.6).
+    """
+    if alpha <= 0:
+        return torch.zeros_like(expert_logprobs, dtype=torch.bool)
+    top = expert_logprobs.max(dim=-1, keepdim=True).values  # (..., 1)
+    thresh = top + math.log(alpha)
+    if min_tokens_to_keep > 1:
+        kth = expert_logprobs.topk(min_tokens_to_keep, dim=-1).values[..., -1:]  # (..., 1)
+        thresh = torch.minimum(thresh, kth)
+    return expert_logprobs < thresh
+
+
+def early_exit_logprobs(
+    hidden: torch.Tensor, lm_head: Callable[[torch.Tensor], torch.Tensor], norm: Callable | None = None
+) -> torch.Tensor:
+    """DoLa early exit (arXiv 2309.03883 eq. 2): ``log_softmax(lm_head(norm(h)))``.
+
+    Args:
+        hidden: (..., d) residual-stream state at some layer.
+        lm_head: the model's output projection (d -> V).
+        norm: the final norm to apply first, or None (DoLa and HF apply ``lm_head`` directly).
+    Returns:
+        (..., V) fp32 log-probs.
+    """
+    if norm is not None:
+        hidden = norm(hidden)
+    return logprobs(lm_head(hidden))
+
+
+def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence between two distributions given as log-probs (sum over the vocabulary).
+
+    ``JSD = 1/2 KL(p || m) + 1/2 KL(q || m)`` with ``m = (p + q) / 2``; >= 0, symmetric, 0 iff p = q.
+    HF's DoLa averages over the vocabulary instead of summing: a constant 1/V factor that never
+    changes which layer is selected.
+
+    Args:
+        logp, logq: (..., V) log-probs.
+    Returns:
+        (...) fp32 divergences.
+    """
+    logm = torch.logaddexp(logp, logq) - math.log(2.0)  # (..., V), broadcasting
+    kl_pm = (logp.exp() * (logp - logm)).sum(-1)
+    kl_qm = (logq.exp() * (logq - logm)).sum(-1)
+    return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
+
+
+def select_premature(mature: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """DoLa's dynamic premature layer (eq. 3): the candidate with the largest JSD from the mature layer.
+
+    Unlike HF (which averages the JSD over the batch and uses one layer for every row) the choice
+    is made per row, so a batch gives exactly what its rows give one by one.
+
+    Args:
+        mature: (..., V) log-probs of the final layer.
+        candidates: (L, ..., V) log-probs of the L candidate layers.
+    Returns:
+        (...) long indices into the L candidates (ties -> the first).
+    """
+    jsd = js_divergence(mature.unsqueeze(0), candidates)  # (L, ...)
+    return jsd.argmax(dim=0)
+
+
+def gather_layer(candidates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Pick ``candidates[index[r], r]`` for every row. candidates: (L, ..., V), index: (...) -> (..., V)."""
+    idx = index.unsqueeze(0).unsqueeze(-1).expand(1, *candidates.shape[1:])
+    return candidates.gather(0, idx).squeeze(0)
+
+
+def fused_contrast_scores(
+    expert: torch.Tensor,
+    amateur: torch.Tensor,
+    *,
+    expert_low: torch.Tensor | None = None,
+    amateur_low: torch.Tensor | None = None,
+    refocus: torch.Tensor | None = None,
+    lower_weight: float = 0.0,
+    refocus_weight: float = 0.0,
+    amateur_weight: float = 1.0,
+    alpha: float = 0.1,
+    min_tokens_to_keep: int = 1,
+) -> torch.Tensor:
+    """LOL's fused score (reconstruction of arXiv 2408.08769; CD / ICD / DoLa are special cases).
+
+    ``F(v) = [E(v) - b A(v)] + lambda [E_j(v) - b A_j(v)] + gamma [R(v) - E(v)]`` on the plausibility
+    head of the expert's final layer (``-inf`` elsewhere), where E/A are expert/amateur final-layer
+    log-probs, E_j/A_j their early-exit log-probs at the lower layer j, R the expert's log-probs
+    given the truth-refocusing instruction, b = ``amateur_weight`` (CD's ``st_coef``), lambda =
+    ``lower_weight`` and gamma = ``refocus_weight``. lambda = gamma = 0 is ICD/CD exactly (the extra
+    terms are not even computed); DoLa is the first term with A = the expert's premature layer.
+
+    Args:
+        expert, amateur: (..., V) final-layer log-probs.
+        expert_low, amateur_low: (..., V) lower-layer log-probs (needed when lower_weight != 0).
+        refocus: (..., V) refocused expert log-probs (needed when refocus_weight != 0).
+        alpha: plausibility threshold (0 = no mask, as for multiple-choice scoring).
+    Returns:
+        (..., V) fp32 scores, ``-inf`` on removed tokens.
+
+    Example: E = log[.6,.3,.1], A = log[.3,.6,.1], alpha = 0 -> F = [log 2, -log 2, 0].
+    """
+    scores = expert - amateur_weight * amateur
+    if lower_weight != 0.0:
+        if expert_low is None or amateur_low is None:
+            raise ValueError("lower_weight != 0 needs expert_low and amateur_low")
+        scores = scores + lower_weight * (expert_low - amateur_weight * amateur_low)
+    if refocus_weight != 0.0:
+        if refocus is None:
+            raise ValueError("refocus_weight != 0 needs refocus log-probs")
+        scores = scores + refocus_weight * (refocus - expert)
+    remove = plausibility_remove_mask(expert, alpha, min_tokens_to_keep)
+    return scores.masked_fill(remove, NEG_INF)

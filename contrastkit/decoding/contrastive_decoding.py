@@ -1,0 +1,401 @@
+"""LOL multi-layer fusion contrastive decoding, with CD, ICD and DoLa as presets of one loop.
+
+Strategies (``contrastkit strategies`` lists their parameters):
+
+* ``cd``   Contrastive Decoding (Li et al., arXiv 2210.15097): final-layer ``log p_E - b log p_A``
+  with a separate, smaller amateur model of the same tokenizer; plausibility alpha = 0.1.
+* ``icd``  Induce-then-Contrast Decoding (Zhang et al., arXiv 2312.15710): the same score with the
+  hallucination-induced amateur (``contrastkit train induce``; an adapter path is typical).
+* ``dola`` DoLa (Chuang et al., arXiv 2309.03883): no amateur model; the expert's premature layer,
+  chosen per row by JSD from a bucket (``lower_layer="high"`` by default), is the amateur.
+* ``lol``  LOL (Chen et al., arXiv 2408.08769; code not public, reconstructed in docs/lol.md):
+  ICD + lambda x the same contrast at a lower layer j (early exit through the LM head) + gamma x a
+  truthfulness-refocus term from an extra expert stream whose context starts with an instruction.
+
+Per step (:func:`contrast_scores.fused_contrast_scores`)::
+
+    F(v) = [E(v) - b A(v)] + lambda [E_j(v) - b A_j(v)] + gamma [R(v) - E(v)],   -inf off V_head(alpha)
+
+then the prepared ``logits_processor`` (repetition penalty, min_new_tokens...) is applied to F (as
+in ICD's code) and the token is the argmax (or a sample of softmax(F / temperature)).
+
+Every stream (expert, amateur, refocus) keeps its own KV cache and advances one token per step;
+batches are left padded. Streams that run on the same weights share one batched forward: expert +
+refocus always, and expert + amateur + refocus when the amateur is a PEFT adapter of the expert
+(peft mixed-adapter batches, ``mixed_batch=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from contrastkit.decoding.amateur import (
+    BASE,
+    Amateur,
+    bind_tokenizer,
+    final_norm,
+    instruction_ids,
+    model_layers,
+    num_layers,
+    parse_layer_spec,
+    resolve_amateur,
+)
+from contrastkit.decoding.base import finish, keep_finished_padded, register_strategy, stream
+from contrastkit.decoding.contrast_scores import (
+    early_exit_logprobs,
+    fused_contrast_scores,
+    js_divergence,
+    logprobs,
+)
+from contrastkit.errors import UsageError, check_range
+
+DEFAULT_INSTRUCTION = (
+    "You are a truthful assistant. Answer with facts you are certain of, and never make up information.\n"
+)
+
+
+@dataclass
+class ContrastConfig:
+    """Parameters of the contrastive-decoding family (each preset changes only the defaults)."""
+
+    amateur: Any = field(
+        default=None,
+        metadata={"help": "Amateur: a PEFT adapter dir (expert + adapter), a model dir/name, or a model object; "
+                          "none = the expert's own lower layer (DoLa)."},
+    )
+    alpha: float = field(default=0.1, metadata={"help": "Plausibility threshold in [0, 1] on the expert's final layer."})
+    score_alpha: float = field(
+        default=0.0, metadata={"help": "Plausibility threshold used when scoring given answers (0 = none, as ICD/DoLa MC)."}
+    )
+    amateur_weight: float = field(default=1.0, metadata={"help": "Weight b of the amateur log-probs (CD's st_coef)."})
+    amateur_temperature: float = field(default=1.0, metadata={"help": "Temperature of the amateur's softmax, > 0."})
+    lower_layer: str = field(
+        default="none",
+        metadata={"help": "Lower (premature) layer: an index j (hidden_states[j]), 'middle' (N // 2), a comma list "
+                          "(JSD-selected bucket), 'low' / 'high' (HF DoLa buckets), or 'none'."},
+    )
+    lower_weight: float = field(default=0.0, metadata={"help": "lambda: weight of the lower-layer contrast."})
+    final_norm: bool = field(default=False, metadata={"help": "Apply the final norm before the LM head at early exit."})
+    refocus_weight: float = field(default=0.0, metadata={"help": "gamma: weight of the truthfulness-refocus term."})
+    refocus_instruction: str = field(
+        default=DEFAULT_INSTRUCTION, metadata={"help": "Instruction prepended to the refocus stream's context."}
+    )
+    refocus_ids: list[int] | None = field(
+        default=None, metadata={"help": "Token ids of the instruction (overrides the text; no tokenizer needed)."}
+    )
+    mixed_batch: bool = field(
+        default=True, metadata={"help": "With an adapter amateur, run all streams as one mixed-adapter forward."}
+    )
+    sampling: bool = field(default=False, metadata={"help": "Sample from softmax(F / temperature) instead of argmax."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature, > 0."})
+    seed: int | None = field(default=None, metadata={"help": "Seed of the sampling generator."})
+
+    def __post_init__(self):
+        check_range("alpha", self.alpha, 0, 1)
+        check_range("score_alpha", self.score_alpha, 0, 1)
+        check_range("amateur_temperature", self.amateur_temperature, 0, None, lo_open=True)
+        check_range("temperature", self.temperature, 0, None, lo_open=True)
+        if isinstance(self.lower_layer, (int, list, tuple)) and not isinstance(self.lower_layer, bool):
+            items = [self.lower_layer] if isinstance(self.lower_layer, int) else list(self.lower_layer)
+            self.lower_layer = ",".join(str(int(i)) for i in items)
+        self.lower_layer = str(self.lower_layer).strip().lower()
+        parse_layer_spec(self.lower_layer, None, False)  # syntax check; range is checked against the model
+        if self.amateur is None and self.lower_weight != 0:
+            raise UsageError("lower_weight needs an amateur; with amateur=None the lower layer is the amateur (DoLa)")
+        if self.lower_weight != 0 and self.lower_layer == "none":
+            raise UsageError(f"lower_weight={self.lower_weight} needs lower_layer (an index, a list, 'low' or 'high')")
+
+
+PRESETS = {
+    "cd": ("Contrastive Decoding (2210.15097): log p_E - b log p_A, separate smaller amateur, alpha=0.1",
+           dict(amateur_temperature=1.0)),
+    "icd": ("Induce-then-Contrast (2312.15710): contrast with a hallucination-induced amateur (adapter or model)", {}),
+    "dola": ("DoLa (2309.03883): contrast the final layer with a JSD-selected premature layer of the same model",
+             dict(lower_layer="high")),
+    "lol": ("LOL (2408.08769, reconstructed): ICD + lower-layer contrast + truthfulness-refocus stream",
+            dict(lower_layer="middle", lower_weight=0.5, refocus_weight=0.5)),
+}
+
+
+def _preset_config_cls(name: str, overrides: dict) -> type:
+    fields = []
+    for f in dataclasses.fields(ContrastConfig):
+        default = overrides.get(f.name, f.default)
+        fields.append((f.name, f.type, field(default=default, metadata=f.metadata)))
+    doc = f"Parameters of ``{name}``: {PRESETS[name][0]} (same fields as ContrastConfig, other defaults)."
+    cls = dataclasses.make_dataclass(
+        f"{name.upper()}Config", fields, namespace={"__post_init__": ContrastConfig.__post_init__, "__doc__": doc}
+    )
+    cls.__module__ = __name__  # string annotations ('Any', ...) resolve in this module (CLI flag types)
+    return cls
+
+
+@dataclass
+class _Group:
+    """Streams that run on the same weights as one batched forward, with their own KV cache."""
+
+    streams: list[str]
+    run: Any
+    adapter_names: list[str] | None
+    hidden: bool
+    ids: torch.Tensor
+    mask: torch.Tensor
+    pos: torch.Tensor
+    cache: Any = None
+
+
+class ContrastSession:
+    """The expert / amateur / refocus streams of one batch, stepped together; yields fused scores."""
+
+    def __init__(self, model, cfg, amateur: Amateur, input_ids, attention_mask, *, full: bool = False,
+                 external_expert: bool = False):
+        self.model, self.cfg, self.amateur, self.full = model, cfg, amateur, full
+        B, self.T = input_ids.shape
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        self.layers, self.N = model_layers(model, cfg.lower_layer), num_layers(model)
+        if amateur.kind == "none" and not self.layers:
+            raise UsageError("this strategy needs amateur= (an adapter dir, a model path or a model), "
+                             "or lower_layer for DoLa")
+        use_low = amateur.kind == "none" or cfg.lower_weight != 0
+        if amateur.kind == "model" and cfg.lower_weight != 0 and num_layers(amateur.model) != self.N:
+            raise UsageError(f"lower_weight needs an amateur with the expert's {self.N} layers, got "
+                             f"{num_layers(amateur.model)}; use lower_weight=0 for a smaller amateur (CD)")
+        self.head, self.norm = model.get_output_embeddings(), (final_norm(model) if cfg.final_norm else None)
+        a_model = amateur.model if amateur.kind == "model" else model
+        self.a_head = a_model.get_output_embeddings()
+        self.a_norm = final_norm(a_model) if cfg.final_norm and amateur.kind != "none" else None
+        inputs = {} if external_expert else {"expert": (input_ids, mask)}  # external: a LogitsProcessor's host
+        if amateur.kind != "none":
+            inputs["amateur"] = (input_ids, mask)
+        if cfg.refocus_weight != 0:
+            instr = instruction_ids(model, cfg, input_ids.device)[None].expand(B, -1)  # (B, L)
+            inputs["refocus"] = (torch.cat([instr, input_ids], 1), torch.cat([torch.ones_like(instr), mask], 1))
+        hidden = {"expert": bool(self.layers) and use_low, "amateur": cfg.lower_weight != 0, "refocus": False}
+        names = list(inputs)
+        if amateur.kind == "adapter" and cfg.mixed_batch and not external_expert and len(names) > 1:
+            adapter = {"expert": BASE, "refocus": BASE, "amateur": amateur.adapter_name}
+            plan = [(names, amateur.forward, [adapter[n] for n in names for _ in range(B)])]
+        else:
+            plan = [([n for n in names if n != "amateur"], model, None)]
+            if "amateur" in inputs:
+                plan.append((["amateur"], amateur.forward, None))
+        self.groups = [self._group(inputs, g, run, an, any(hidden[n] for n in g)) for g, run, an in plan if g]
+        self.B = B
+
+    @staticmethod
+    def _group(inputs, names, run, adapter_names, hidden) -> _Group:
+        width = max(inputs[n][0].shape[1] for n in names)
+        pad = torch.nn.functional.pad
+        ids = torch.cat([pad(inputs[n][0], (width - inputs[n][0].shape[1], 0), value=0) for n in names])
+        mask = torch.cat([pad(inputs[n][1], (width - inputs[n][1].shape[1], 0), value=0) for n in names])
+        pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return _Group(names, run, adapter_names, hidden, ids, mask, pos)
+
+    def _forward(self, g: _Group, ids) -> dict:
+        kwargs = dict(input_ids=ids, attention_mask=g.mask, position_ids=g.pos, cache=g.cache, use_cache=True,
+                      output_hidden_states=g.hidden)
+        if not self.full:
+            kwargs["logits_to_keep"] = 1
+        out = g.run(adapter_names=g.adapter_names, **kwargs) if g.adapter_names else g.run(**kwargs)
+        g.cache = out.cache
+        keep = slice(-self.T, None) if self.full else slice(-1, None)
+        res = {}
+        for i, name in enumerate(g.streams):
+            rows = slice(i * self.B, (i + 1) * self.B)
+            res[name] = (out.logits[rows, keep], out.hidden_states and [h[rows, keep] for h in out.hidden_states])
+        return res
+
+    def _run(self, step_ids=None) -> dict:
+        res = {}
+        for g in self.groups:
+            if step_ids is None:
+                ids = g.ids
+            else:  # (B,) one token, or (B, k) tokens appended after the cached prefix
+                step = step_ids if step_ids.dim() == 2 else step_ids[:, None]
+                ids = step.repeat(len(g.streams), 1)  # (rows, k), stream-major like the rows
+                k = ids.shape[1]
+                g.mask = torch.cat([g.mask, g.mask.new_ones(g.mask.shape[0], k)], -1)
+                g.pos = g.pos[:, -1:] + torch.arange(1, k + 1, device=g.pos.device)
+            res.update(self._forward(g, ids))
+        return res
+
+    def _premature(self, E, hidden):
+        """Expert early-exit log-probs at the JSD-selected bucket layer (per row/position) and its index."""
+        best_lp = best_jsd = best_idx = None
+        for i, j in enumerate(self.layers):
+            lp = early_exit_logprobs(hidden[j], self.head, self.norm if j < self.N else None)
+            if len(self.layers) == 1:
+                return lp, torch.zeros(lp.shape[:-1], dtype=torch.long, device=lp.device)
+            jsd = js_divergence(E, lp)
+            if best_lp is None:
+                best_lp, best_jsd, best_idx = lp, jsd, torch.zeros_like(jsd, dtype=torch.long)
+                continue
+            better = jsd > best_jsd  # strict: ties keep the earlier layer, like argmax
+            best_lp = torch.where(better[..., None], lp, best_lp)
+            best_idx = torch.where(better, i, best_idx)
+            best_jsd = torch.maximum(jsd, best_jsd)
+        return best_lp, best_idx
+
+    def _amateur_low(self, hidden, idx):
+        stack = torch.stack([hidden[j] for j in self.layers])  # (L, B, t, d)
+        h = stack.gather(0, idx[None, ..., None].expand(1, *stack.shape[1:])).squeeze(0)  # (B, t, d)
+        if self.a_norm is not None:
+            below = torch.tensor(self.layers, device=idx.device)[idx] < self.N  # (B, t)
+            h = torch.where(below[..., None], self.a_norm(h), h)
+        return logprobs(self.a_head(h), self.cfg.amateur_temperature)
+
+    def _fuse(self, res, alpha):
+        cfg = self.cfg
+        E = logprobs(res["expert"][0])
+        R = logprobs(res["refocus"][0]) if "refocus" in res else None
+        low = {}
+        if self.amateur.kind == "none":
+            A, _ = self._premature(E, res["expert"][1])
+            lower_weight = 0.0
+        else:
+            A, lower_weight = logprobs(res["amateur"][0], cfg.amateur_temperature), cfg.lower_weight
+            if lower_weight != 0:
+                E_low, idx = self._premature(E, res["expert"][1])
+                low = dict(expert_low=E_low, amateur_low=self._amateur_low(res["amateur"][1], idx))
+        fused = fused_contrast_scores(E, A, refocus=R, lower_weight=lower_weight, refocus_weight=cfg.refocus_weight,
+                                      amateur_weight=cfg.amateur_weight, alpha=alpha, **low)
+        return fused, E
+
+    @torch.no_grad()
+    def prefill(self, expert=None):
+        """Run every stream on its context; ``expert`` = (logits, hidden_states) when computed elsewhere."""
+        res = self._run()
+        if expert is not None:
+            res["expert"] = expert
+        fused, E = self._fuse(res, self.cfg.alpha)
+        return fused[:, -1], E[:, -1]
+
+    @torch.no_grad()
+    def step(self, next_tokens, expert=None):
+        """Feed one token to every stream (incremental, own caches); returns (fused, expert) (B, V) scores."""
+        res = self._run(next_tokens)
+        if expert is not None:
+            res["expert"] = expert
+        fused, E = self._fuse(res, self.cfg.alpha)
+        return fused[:, -1], E[:, -1]
+
+    def expand(self, n: int) -> None:
+        """Repeat a one-row session ``n`` times (caches included): the answers of one question share its prompt."""
+        for g in self.groups:
+            g.cache.batch_repeat_interleave(n)
+            g.mask, g.pos = g.mask.repeat_interleave(n, 0), g.pos.repeat_interleave(n, 0)
+            if g.adapter_names:
+                g.adapter_names = [a for a in g.adapter_names for _ in range(n)]
+        self.B *= n
+
+    @torch.no_grad()
+    def score_after_prefix(self, cont_ids: torch.LongTensor) -> torch.Tensor:
+        """Run the (1, P) prompt once, expand its caches over the n answers (n, k); (n, k) fused scores."""
+        n, k = cont_ids.shape
+        first = self._run()  # last prompt position: scores the first answer token
+        self.expand(n)
+        res = first
+        if k > 1:
+            self.full, self.T = True, k - 1
+            rest = self._run(cont_ids[:, :-1])
+            res = {}
+            for name, (logits, hidden) in first.items():
+                lg = torch.cat([logits.expand(n, -1, -1), rest[name][0]], 1)  # (n, k, V)
+                hs = hidden and [torch.cat([h.expand(n, -1, -1), r], 1) for h, r in zip(hidden, rest[name][1])]
+                res[name] = (lg, hs)
+        else:
+            res = {name: (lg.expand(n, -1, -1), h and [x.expand(n, -1, -1) for x in h]) for name, (lg, h) in res.items()}
+        fused, _ = self._fuse(res, self.cfg.score_alpha)  # (n, k, V)
+        return fused.gather(-1, cont_ids[..., None]).squeeze(-1)
+
+    @torch.no_grad()
+    def score_sequences(self, input_ids) -> torch.Tensor:
+        fused, _ = self._fuse(self._run(), self.cfg.score_alpha)  # (B, T, V)
+        return fused[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+
+
+def select_tokens(scores: torch.Tensor, fallback: torch.Tensor, cfg, generator) -> torch.LongTensor:
+    """Argmax (or sample) of the processed fused scores; rows with no finite score use ``fallback``."""
+    dead = ~torch.isfinite(scores).any(dim=-1, keepdim=True)  # (B, 1): a processor removed every head token
+    scores = torch.where(dead, fallback, scores)
+    if not cfg.sampling:
+        return scores.argmax(-1)
+    probs = torch.softmax(scores / cfg.temperature, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+@torch.no_grad()
+def contrast_loop(model, input_ids, logits_processor, stopping_criteria, generation_config, cfg,
+                  token_streamer=None, **model_kwargs):
+    """The one generate loop of the family: fused scores -> processors -> argmax / sample."""
+    amateur = resolve_amateur(model, cfg.amateur)
+    session = ContrastSession(model, cfg, amateur, input_ids, model_kwargs.get("attention_mask"))
+    generator = None
+    if cfg.sampling and cfg.seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(cfg.seed)
+    unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    stream(token_streamer, input_ids)
+    fused, expert = session.prefill()  # (B, V) each
+    while True:
+        scores = logits_processor(input_ids, fused)
+        fallback = logits_processor(input_ids, expert)
+        next_tokens = keep_finished_padded(select_tokens(scores, fallback, cfg, generator), unfinished, generation_config)
+        input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
+        stream(token_streamer, next_tokens)
+        unfinished &= ~stopping_criteria(input_ids, scores)
+        if not unfinished.any():
+            break
+        fused, expert = session.step(next_tokens)
+    return finish(generation_config, input_ids, None, token_streamer)
+
+
+def _make_strategy(name: str):
+    summary, overrides = PRESETS[name]
+    cls = _preset_config_cls(name, overrides)
+    names = [f.name for f in dataclasses.fields(cls)]
+
+    def custom_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                        token_streamer=None, **kwargs):
+        own = {k: kwargs.pop(k) for k in names if k in kwargs}
+        return contrast_loop(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                             cls(**own), token_streamer, **kwargs)
+
+    P = inspect.Parameter
+    params = [P(n, P.POSITIONAL_OR_KEYWORD) for n in
+              ("model", "input_ids", "logits_processor", "stopping_criteria", "generation_config")]
+    params += [P(f.name, P.KEYWORD_ONLY, default=f.default) for f in dataclasses.fields(cls)]
+    params += [P("token_streamer", P.KEYWORD_ONLY, default=None), P("model_kwargs", P.VAR_KEYWORD)]
+    custom_generate.__signature__ = inspect.Signature(params)
+    custom_generate.__name__ = custom_generate.__qualname__ = name
+    custom_generate.__doc__ = f"{summary}.\n\nA transformers ``custom_generate`` callable; parameters: see {cls.__name__}."
+
+    def scorer(model, input_ids, attention_mask, config):
+        """Per-token fused contrast (alpha = ``score_alpha``) of every next token: (B, T-1) fp32."""
+        session = ContrastSession(model, config, resolve_amateur(model, config.amateur), input_ids, attention_mask,
+                                  full=True)
+        return session.score_sequences(input_ids)
+
+    def prefix_scorer(model, prefix_ids, cont_ids, config):
+        """Fused scores (n, k) of n right-padded answers after one shared (1, P) prompt."""
+        session = ContrastSession(model, config, resolve_amateur(model, config.amateur), prefix_ids, None)
+        return session.score_after_prefix(cont_ids)
+
+    scorer.prefix_scorer = prefix_scorer
+    register_strategy(name, cls, summary, scorer=scorer)(custom_generate)
+    return custom_generate, cls
+
+
+cd, CDConfig = _make_strategy("cd")
+icd, ICDConfig = _make_strategy("icd")
+dola, DoLaConfig = _make_strategy("dola")
+lol, LOLConfig = _make_strategy("lol")
+
+__all__ = [
+    "ContrastConfig", "ContrastSession", "contrast_loop", "cd", "icd", "dola", "lol", "Amateur", "bind_tokenizer",
+    "DEFAULT_INSTRUCTION",
+]

@@ -1,0 +1,109 @@
+"""Maths of the contrastive family on hand-built tensors (contrast_scores.py)."""
+
+import math
+
+import pytest
+import torch
+
+from contrastkit.decoding.contrast_scores import (
+    early_exit_logprobs,
+    fused_contrast_scores,
+    gather_layer,
+    js_divergence,
+    logprobs,
+    plausibility_remove_mask,
+    select_premature,
+)
+
+
+def lp(*probs):
+    return torch.tensor(probs, dtype=torch.float32).log()
+
+
+def rand_lp(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(torch.randn(*shape, generator=g) * 3, dim=-1)
+
+
+def test_plausibility_worked_example():
+    remove = plausibility_remove_mask(lp(0.6, 0.3, 0.05, 0.05), 0.1)
+    assert remove.tolist() == [False, False, True, True]
+
+
+def test_plausibility_alpha_bounds_and_min_keep():
+    x = rand_lp(3, 50)
+    assert not plausibility_remove_mask(x, 0.0).any()
+    keep = ~plausibility_remove_mask(x, 1.0)
+    assert keep.sum(-1).tolist() == [1, 1, 1]
+    assert torch.equal(keep.float().argmax(-1), x.argmax(-1))
+    keep5 = ~plausibility_remove_mask(x, 1.0, min_tokens_to_keep=5)
+    assert keep5.sum(-1).tolist() == [5, 5, 5]
+    # reference: keep v iff p(v) >= alpha * max p
+    p = x.exp()
+    ref = p >= 0.3 * p.max(-1, keepdim=True).values
+    assert torch.equal(~plausibility_remove_mask(x, 0.3), ref)
+
+
+def test_jsd_reference_nonnegative_symmetric():
+    p, q = rand_lp(4, 30, seed=1), rand_lp(4, 30, seed=2)
+    P, Q = p.exp().double(), q.exp().double()
+    M = (P + Q) / 2
+    ref = 0.5 * (P * (P / M).log()).sum(-1) + 0.5 * (Q * (Q / M).log()).sum(-1)
+    got = js_divergence(p, q)
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    assert (got >= 0).all()
+    assert torch.allclose(got, js_divergence(q, p), atol=1e-6)
+    assert torch.allclose(js_divergence(p, p), torch.zeros(4), atol=1e-6)
+    assert (got <= math.log(2) + 1e-6).all()
+
+
+def test_select_premature_matches_argmax_and_single_bucket():
+    mature = rand_lp(5, 40, seed=3)
+    cands = torch.stack([rand_lp(5, 40, seed=s) for s in (4, 5, 6)])  # (L, B, V)
+    idx = select_premature(mature, cands)
+    ref = torch.stack([js_divergence(mature, c) for c in cands]).argmax(0)
+    assert torch.equal(idx, ref)
+    assert torch.equal(gather_layer(cands, idx)[2], cands[idx[2], 2])
+    assert select_premature(mature, cands[:1]).tolist() == [0] * 5
+    # the mature layer itself in the bucket has JSD 0 and is never picked over a different layer
+    both = torch.stack([mature, cands[0]])
+    assert select_premature(mature, both).tolist() == [1] * 5
+
+
+def test_fused_worked_example_and_special_cases():
+    E, A = lp(0.6, 0.3, 0.1), lp(0.3, 0.6, 0.1)
+    F = fused_contrast_scores(E, A, alpha=0.0)
+    assert torch.allclose(F, torch.tensor([math.log(2), -math.log(2), 0.0]), atol=1e-6)
+    # alpha 0.5 removes token 2 (0.1 < 0.3)
+    assert fused_contrast_scores(E, A, alpha=0.5)[2] == float("-inf")
+    # amateur == expert: zero on the head, -inf elsewhere
+    x = rand_lp(2, 3, 20, seed=7)
+    F = fused_contrast_scores(x, x, expert_low=x, amateur_low=x, lower_weight=0.7, alpha=0.1)
+    head = ~plausibility_remove_mask(x, 0.1)
+    assert torch.equal(F[head], torch.zeros_like(F[head]))
+    assert torch.isinf(F[~head]).all()
+
+
+def test_fused_general_form_matches_formula():
+    E, A, El, Al, R = (rand_lp(2, 25, seed=s) for s in range(5))
+    lam, gam, b = 0.4, 0.3, 0.8
+    F = fused_contrast_scores(E, A, expert_low=El, amateur_low=Al, refocus=R, lower_weight=lam,
+                              refocus_weight=gam, amateur_weight=b, alpha=0.0)
+    ref = (E - b * A) + lam * (El - b * Al) + gam * (R - E)
+    assert torch.allclose(F, ref, atol=1e-6)
+    # lambda = gamma = 0: the ICD score, whatever the extra inputs are
+    icd = fused_contrast_scores(E, A, expert_low=El, amateur_low=Al, refocus=R, alpha=0.1)
+    assert torch.equal(icd, fused_contrast_scores(E, A, alpha=0.1))
+    with pytest.raises(ValueError):
+        fused_contrast_scores(E, A, lower_weight=1.0)
+
+
+def test_early_exit_and_temperature():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 30, bias=False)
+    norm = torch.nn.LayerNorm(8)
+    h = torch.randn(3, 8)
+    assert torch.allclose(early_exit_logprobs(h, head), torch.log_softmax(head(h), -1))
+    assert torch.allclose(early_exit_logprobs(h, head, norm), torch.log_softmax(head(norm(h)), -1))
+    logits = torch.randn(2, 30)
+    assert torch.allclose(logprobs(logits, 0.5), torch.log_softmax(logits * 2, -1))
