@@ -1,0 +1,117 @@
+"""``contrastkit eval open-ended``: rep-n, diversity, MAUVE, coherence and length for several strategies.
+
+Example::
+
+    contrastkit eval open-ended --model smollm2 --strategies greedy,sample,contrastive \\
+        --data ../shared/data/wikitext103_test/wiki.test.raw --limit 50 --output_dir runs/open
+
+Writes ``records/<strategy>.jsonl`` (resumable), ``summary.json``, ``results.md`` and
+``mauve_vs_diversity.png`` to ``--output_dir``. The run options below are shared with
+``contrastkit eval truthfulqa``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from contrastkit.cli.common import (
+    ArgumentParser,
+    add_dataclass_arguments,
+    build_dataclass,
+    parse_with_config,
+    run_command,
+)
+
+PROG = "contrastkit eval open-ended"
+
+
+def add_run_arguments(p: ArgumentParser) -> None:
+    """Options every eval command shares: model, strategies and their params, output, resume."""
+    p.add_argument("--config", help="YAML file of option defaults (flags override)")
+    p.add_argument("--model", default="smollm2", help="embedded name, local HF directory or GGUF (default: smollm2)")
+    p.add_argument("--adapter", default=None, help="optional PEFT adapter directory")
+    p.add_argument("--strategies", default=None, help="comma-separated registered strategies (default: greedy)")
+    p.add_argument("--strategy_args", default=None,
+                   help='JSON mapping strategy -> its parameters, e.g. \'{"sample": {"top_p": 0.95}}\'')
+    p.add_argument("--amateur", default=None, help="amateur model, passed to every strategy that takes 'amateur'")
+    p.add_argument("--output_dir", required=True, help="directory for records, summary.json, results.md, plots")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--chunk_size", type=int, default=None, help="items per cache flush (default 8)")
+    p.add_argument("--overwrite", action="store_true", help="recompute instead of resuming a cached run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); 1 is much faster on an oversubscribed CPU")
+
+
+def parse_strategy_args(text) -> dict:
+    from contrastkit.errors import UsageError
+
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--strategy_args is not valid JSON ({e.msg} at column {e.colno}): {text!r}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise UsageError('--strategy_args must map strategy names to parameter objects, e.g. {"sample": {"top_p": 0.9}}')
+    return value
+
+
+def load_run_model(args):
+    from contrastkit.errors import check_range
+    from contrastkit.models import load_model
+
+    if args.threads is not None:
+        import torch
+
+        check_range("--threads", args.threads, 1)
+        torch.set_num_threads(args.threads)
+    return load_model(args.model, adapter=args.adapter)
+
+
+def build_parser() -> ArgumentParser:
+    from contrastkit.eval.open_ended import OpenEndedConfig
+
+    p = ArgumentParser(prog=PROG, description="Open-ended generation quality of decoding strategies.")
+    add_run_arguments(p)
+    add_dataclass_arguments(p, OpenEndedConfig, group_title="open-ended")
+    return p
+
+
+def run(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from contrastkit.eval.open_ended import OpenEnded, OpenEndedConfig
+    from contrastkit.eval.runner import parse_strategies, run_evaluation
+
+    args = parse_with_config(build_parser(), argv)
+    cfg = build_dataclass(OpenEndedConfig, vars(args))
+    specs = parse_strategies(args.strategies or "greedy", parse_strategy_args(args.strategy_args),
+                             {"amateur": args.amateur})
+    if cfg.mauve:
+        import importlib.util
+
+        if importlib.util.find_spec("mauve") is None:
+            from contrastkit.errors import UsageError
+
+            raise UsageError("MAUVE needs the optional 'mauve-text' package: pip install 'contrastkit[mauve]' "
+                             "(or pass --mauve false)")
+    model, tok = load_run_model(args)
+    task = OpenEnded(model, tok, cfg, seed=args.seed or 0)
+    summary = run_evaluation(task, specs, args.output_dir, chunk_size=args.chunk_size or 8, seed=args.seed or 0,
+                             overwrite=bool(args.overwrite), model_name=args.model, progress=not args.quiet)
+    print((Path(args.output_dir) / "results.md").read_text())
+    print(f"wrote {args.output_dir}/summary.json, results.md, {', '.join(summary.get('plots', []))}",
+          file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(PROG, lambda: run(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
