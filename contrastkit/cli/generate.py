@@ -75,7 +75,7 @@ def _requested_strategies(argv: list[str]) -> list[str]:
         from contrastkit.cli.common import load_yaml_config
 
         value = load_yaml_config(known.config, known=_all_keys()).get("strategy")
-    names = [s.strip() for s in str(value or "greedy").split(",") if s.strip()]
+    names = list(dict.fromkeys(s.strip() for s in str(value or "greedy").split(",") if s.strip()))
     from contrastkit.decoding.base import get_strategy
 
     for name in names:

@@ -1,0 +1,187 @@
+"""Preference data: JSONL (optionally gzipped), ``datasets`` folders and HH-RLHF transcripts.
+
+Every source becomes a :class:`datasets.Dataset` with ``prompt``/``chosen``/``rejected`` columns,
+either as strings or as chat messages (lists of ``{"role", "content"}``; trl applies the chat
+template). Validation happens here, before any model is loaded: a missing column, an empty
+response or a prompt longer than ``max_length`` tokens raises a :class:`UsageError` naming the
+source and row.
+
+HH-RLHF rows (``{"chosen", "rejected"}`` full ``"\\n\\nHuman: ... \\n\\nAssistant: ..."``
+transcripts, Bai et al. 2022, arXiv 2204.05862) are split at the last ``"\\n\\nAssistant:"``: the
+shared prefix up to and including it is the prompt.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from contrastkit.errors import UsageError
+
+__all__ = ["load_preference_data", "normalize_row", "check_prompt_lengths", "HH_ASSISTANT"]
+
+HH_ASSISTANT = "\n\nAssistant:"
+COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def _read_json_lines(path: Path, limit: int | None) -> list[tuple[int, dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise UsageError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+            rows.append((n, record))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
+
+
+def _is_messages(value) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+
+
+def _split_hh(chosen: str, rejected: str, where: str) -> dict:
+    common = 0
+    limit = min(len(chosen), len(rejected))
+    while common < limit and chosen[common] == rejected[common]:
+        common += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, common)  # last turn marker inside the shared prefix
+    if cut < 0:
+        raise UsageError(f"{where}: missing column 'prompt' (and 'chosen'/'rejected' are not HH-RLHF transcripts "
+                         f"sharing a prefix that ends in '{HH_ASSISTANT.strip()}')")
+    prefix = chosen[: cut + len(HH_ASSISTANT)]
+    return {"prompt": prefix, "chosen": chosen[len(prefix):], "rejected": rejected[len(prefix):]}
+
+
+def _split_messages(chosen: list, rejected: list) -> dict:
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    return {"prompt": chosen[:n], "chosen": chosen[n:], "rejected": rejected[n:]}
+
+
+def _text_of(value) -> str:
+    if _is_messages(value):
+        return "".join(str(m["content"]) for m in value)
+    return value if isinstance(value, str) else ""
+
+
+def normalize_row(record: dict, where: str) -> dict:
+    """Return ``{prompt, chosen, rejected}`` for one record, or raise a UsageError naming ``where``."""
+    missing = [c for c in ("chosen", "rejected") if c not in record]
+    if missing:
+        raise UsageError(f"{where}: missing column '{missing[0]}' (need prompt/chosen/rejected; "
+                         f"found {', '.join(sorted(record)) or 'nothing'})")
+    chosen, rejected = record["chosen"], record["rejected"]
+    if "prompt" in record:
+        row = {"prompt": record["prompt"], "chosen": chosen, "rejected": rejected}
+    elif _is_messages(chosen) and _is_messages(rejected):
+        row = _split_messages(chosen, rejected)
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        row = _split_hh(chosen, rejected, where)
+    else:
+        raise UsageError(f"{where}: missing column 'prompt'")
+    for col in COLUMNS:
+        value = row[col]
+        if not (isinstance(value, str) or _is_messages(value)):
+            raise UsageError(f"{where}: column '{col}' must be a string or a list of chat messages, "
+                             f"got {type(value).__name__}")
+        if col != "prompt" and not _text_of(value).strip():
+            raise UsageError(f"{where}: empty '{col}' response")
+    if isinstance(row["prompt"], str) != isinstance(row["chosen"], str):
+        raise UsageError(f"{where}: mix of plain-text and chat-message columns; use one format per row")
+    return row
+
+
+def _records_from_dataset(path: Path, split: str, limit: int | None) -> list[tuple[int, dict]]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            from contrastkit.errors import did_you_mean
+
+            raise UsageError(f"dataset '{path}' has no split '{split}'.{did_you_mean(split, list(ds))} "
+                             f"Splits: {', '.join(ds)}")
+        ds = ds[split]
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return [(i + 1, dict(r)) for i, r in enumerate(ds)]
+
+
+def load_preference_data(source: str | Path, *, split: str = "train", limit: int | None = None,
+                         offset: int = 0, drop_invalid: bool = False):
+    """Load preference pairs as a ``datasets.Dataset`` with prompt/chosen/rejected columns.
+
+    Args:
+        source: a ``.jsonl``/``.jsonl.gz``/``.json`` file of objects, or a folder written by
+            ``datasets.save_to_disk`` (a ``DatasetDict`` uses ``split``).
+        split: split name for a ``DatasetDict`` folder.
+        limit: keep at most this many rows (after ``offset``).
+        offset: skip this many rows first (e.g. to carve a held-out set out of one file).
+        drop_invalid: drop malformed rows (e.g. an empty response; HH-RLHF has a few) instead of
+            raising; ``limit`` then counts rows read, not rows kept.
+
+    Raises:
+        UsageError: the source does not exist or a row is malformed (the message names the row).
+    """
+    import datasets
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UsageError(f"preference data '{source}' does not exist")
+    want = None if limit is None else offset + limit
+    if path.is_dir():
+        records = _records_from_dataset(path, split, want)
+    elif path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
+        records = _read_json_lines(path, want)
+    else:
+        raise UsageError(f"preference data '{source}': expected a .jsonl[.gz] file or a datasets folder")
+    rows = []
+    for n, r in records[offset:]:
+        try:
+            rows.append(normalize_row(r, f"{source}:{n}"))
+        except UsageError:
+            if not drop_invalid:
+                raise
+    if not rows:
+        raise UsageError(f"preference data '{source}' has no rows" + (f" after offset {offset}" if offset else ""))
+    return datasets.Dataset.from_list(rows)
+
+
+def _prompt_token_counts(dataset, tokenizer) -> list[int]:
+    prompts = list(dataset["prompt"])
+    if prompts and isinstance(prompts[0], str):
+        return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    return [len(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False))
+            for p in prompts]
+
+
+def check_prompt_lengths(dataset, tokenizer, max_length: int | None, *, drop: bool = False, name: str = "data"):
+    """Raise (or, with ``drop``, filter) rows whose tokenized prompt alone reaches ``max_length``.
+
+    trl would silently drop them; we make it an error by default so nothing vanishes unnoticed.
+    Returns the (possibly filtered) dataset.
+    """
+    if max_length is None:
+        return dataset
+    counts = _prompt_token_counts(dataset, tokenizer)
+    long_rows = [i for i, c in enumerate(counts) if c >= max_length]
+    if not long_rows:
+        return dataset
+    if drop:
+        keep = sorted(set(range(len(counts))) - set(long_rows))
+        if not keep:
+            raise UsageError(f"{name}: every prompt is at least max_length={max_length} tokens long")
+        return dataset.select(keep)
+    i = long_rows[0]
+    raise UsageError(f"{name}: row {i + 1} has a prompt of {counts[i]} tokens, not shorter than max_length="
+                     f"{max_length} ({len(long_rows)} such rows); raise max_length or pass skip_long_prompts")

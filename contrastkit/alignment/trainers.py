@@ -1,0 +1,254 @@
+"""Thin trl ``DPOTrainer`` subclasses: DPO with a registered loss, HyPO and T-REG.
+
+Each subclass overrides one trl method, ``compute_loss``, and copies none of trl's loss code
+(../shared/research/alignment.md, section 1.8). trl's ``_compute_loss`` still runs: it does the
+policy and reference forwards (with its fused LM head, ``[2B, L-1]`` per-token log-probs, no
+``[B, L, V]`` logits) and logs its DPO metrics. A forward hook records those two outputs, and the
+loss is then rebuilt from them with our pure functions (:mod:`contrastkit.alignment.losses`):
+
+* :class:`ContrastDPOTrainer`: ``mean_i loss(pi_c, pi_r, ref_c, ref_r; beta)`` for ``args.loss``;
+  with the default ``dpo`` loss it equals trl's ``loss_type="sigmoid"`` bit for bit.
+* :class:`HyPOTrainer`: + ``lambda * `` the leave-one-out REINFORCE surrogate of
+  ``KL(pi || pi_ref)`` on k fresh samples per prompt of the batch (arXiv 2406.01462, Alg. 1).
+* :class:`TREGTrainer`: + ``alpha * `` the token-level regularizer with token rewards computed
+  once by the frozen reference under contrastive prompts (arXiv 2412.02685).
+
+``__init__`` only wires things (the hook, the sampler, the token-reward columns and collator).
+``tests/contrastkit/alignment/test_trainers.py`` pins trl's ``compute_loss``/``_compute_loss``
+so that a trl release changing them fails loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+from trl import DPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+
+from contrastkit.alignment.losses import get_loss, loo_reverse_kl_surrogate, treg_regularizer
+from contrastkit.registry import TRAINERS
+
+__all__ = ["ContrastDPOTrainer", "HyPOTrainer", "TREGTrainer", "TRAINER_CLASSES"]
+
+
+class _Capture:
+    """Forward hook that keeps the outputs of every ``fused_lm_head=True`` call, in call order."""
+
+    def __init__(self):
+        self.outputs: list = []
+
+    def __call__(self, module, args, kwargs, output):
+        if kwargs.get("fused_lm_head"):
+            self.outputs.append(output)
+
+
+def _attach_capture(trainer) -> _Capture:
+    capture = _Capture()
+    trainer.model.register_forward_hook(capture, with_kwargs=True)
+    if trainer.ref_model is not None:
+        trainer.accelerator.unwrap_model(trainer.ref_model).register_forward_hook(capture, with_kwargs=True)
+    return capture
+
+
+def _dpo_terms(trainer, model, inputs, return_outputs: bool) -> dict:
+    """Run trl's loss pass, then rebuild the preference loss from the captured per-token log-probs."""
+    trainer._capture.outputs.clear()
+    trl_result = DPOTrainer.compute_loss(trainer, model, inputs, return_outputs=return_outputs)
+    policy_out = trainer._capture.outputs[0]
+    mask = inputs["completion_mask"][:, 1:]  # (2B, L-1): position t scores token t+1
+    policy_tok = policy_out.log_probs[:, -mask.shape[1]:]  # (2B, L-1), 0 off-completion
+    chosen_logps, rejected_logps = policy_tok.sum(dim=1).chunk(2)  # (B,) each, as trl sums them
+    ref_tok = None
+    if trainer.precompute_ref_logps:
+        ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+    else:
+        ref_tok = trainer._capture.outputs[1].log_probs[:, -mask.shape[1]:]  # (2B, L-1), no grad
+        ref_chosen, ref_rejected = ref_tok.sum(dim=1).chunk(2)
+    losses, chosen_rewards, rejected_rewards = get_loss(trainer.args.loss)(
+        chosen_logps, rejected_logps, ref_chosen, ref_rejected, beta=trainer.beta)
+    return {"loss": losses.mean(), "policy_tok": policy_tok, "ref_tok": ref_tok, "mask": mask,
+            "outputs": trl_result[1] if return_outputs else None}
+
+
+def _finish(loss, terms: dict, return_outputs: bool):
+    return (loss, terms["outputs"]) if return_outputs else loss
+
+
+def _log(trainer, key: str, value) -> None:
+    mode = "train" if trainer.model.training else "eval"
+    if torch.is_tensor(value):
+        value = trainer.accelerator.gather_for_metrics(value.detach().float().reshape(-1)).mean().item()
+    trainer._metrics[mode][key].append(float(value))
+
+
+class ContrastDPOTrainer(DPOTrainer):
+    """trl's DPOTrainer whose loss is the registered pure function ``args.loss`` (default ``dpo``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._capture = _attach_capture(self)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        terms = _dpo_terms(self, model, inputs, return_outputs)
+        return _finish(terms["loss"], terms, return_outputs)
+
+
+def _left_padded_prompts(inputs, pad_token_id: int):
+    """(B, P) left-padded prompt ids and mask from trl's right-padded ``[chosen; rejected]`` batch."""
+    half = inputs["input_ids"].shape[0] // 2
+    ids, cmask = inputs["input_ids"][:half], inputs["completion_mask"][:half]  # (B, L)
+    plen = cmask.argmax(dim=1)  # (B,) index of the first completion token = prompt length
+    width = int(plen.max())
+    idx = torch.arange(width, device=ids.device)[None] + (plen[:, None] - width)  # (B, P), <0 = left pad
+    valid = idx >= 0
+    prompts = ids.gather(1, idx.clamp(min=0)).masked_fill(~valid, pad_token_id)
+    return prompts, valid.long()
+
+
+def _sequence_logps(model, ids, attn, completion_mask, grad: bool):
+    """Summed completion log-probs (N,) through trl's fused head; positions follow the left padding."""
+    position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)  # (N, S)
+    labels = ids.masked_fill(completion_mask == 0, -100)
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, labels=labels,
+                    use_cache=False, fused_lm_head=True)
+    return out.log_probs.sum(dim=1)  # (N,), 0 off-completion
+
+
+def online_kl_term(trainer, inputs) -> torch.Tensor:
+    """HyPO's online term for this batch: sample k completions per prompt, return the mean surrogate."""
+    from contrastkit.alignment.token_rewards import reference_context
+
+    args, tok = trainer.args, trainer.processing_class
+    tok = getattr(tok, "tokenizer", tok)
+    k = args.hypo_num_samples
+    prompts, prompt_mask = _left_padded_prompts(inputs, tok.pad_token_id)  # (B, P)
+    t0 = time.perf_counter()
+    completions, comp_mask = trainer._sampler.sample(
+        trainer.model_wrapped, prompts, prompt_mask, k=k, max_new_tokens=args.hypo_max_new_tokens,
+        temperature=args.hypo_temperature, top_p=args.hypo_top_p)  # (B*k, C) each
+    t1 = time.perf_counter()
+    ids = torch.cat([prompts.repeat_interleave(k, dim=0), completions], dim=1)  # (B*k, P+C)
+    attn = torch.cat([prompt_mask.repeat_interleave(k, dim=0), comp_mask], dim=1)
+    scored = torch.cat([torch.zeros_like(prompt_mask).repeat_interleave(k, dim=0), comp_mask], dim=1)
+    policy_logps = _sequence_logps(trainer.model, ids, attn, scored, grad=True)  # (B*k,)
+    ref_model, ref_ctx = reference_context(trainer)
+    with ref_ctx, disable_gradient_checkpointing(trainer.model, args.gradient_checkpointing_kwargs):
+        ref_logps = _sequence_logps(ref_model, ids, attn, scored, grad=False)
+    surrogate, kl = loo_reverse_kl_surrogate(policy_logps.view(-1, k), ref_logps.view(-1, k))  # (B,) each
+    lengths = comp_mask.sum(dim=1).float()  # (B*k,)
+    _log(trainer, "hypo/kl", kl)
+    _log(trainer, "hypo/kl_per_token", (policy_logps - ref_logps).detach().sum() / lengths.sum().clamp(min=1))
+    _log(trainer, "hypo/gen_len", lengths)
+    _log(trainer, "hypo/eos_rate", ((completions == tok.eos_token_id) & (comp_mask == 1)).any(dim=1).float())
+    _log(trainer, "hypo/surrogate", surrogate)
+    _log(trainer, "hypo/sample_seconds", t1 - t0)
+    _log(trainer, "hypo/kl_loss_seconds", time.perf_counter() - t1)
+    return surrogate.mean()
+
+
+class HyPOTrainer(DPOTrainer):
+    """HyPO (Song et al. 2024, arXiv 2406.01462): DPO on offline pairs + ``lambda * KL(pi || pi_ref)`` online.
+
+    Every training micro-batch samples ``hypo_num_samples`` completions for each of its prompts
+    from the current policy (``hypo_sampler``: HF generate by default) and adds ``hypo_lambda``
+    times the leave-one-out REINFORCE surrogate (:func:`~contrastkit.alignment.losses.loo_reverse_kl_surrogate`).
+    Logs ``hypo/kl`` (mean sequence KL estimate), ``hypo/kl_per_token``, ``hypo/gen_len``,
+    ``hypo/eos_rate``, ``hypo/dpo_loss`` and the sampling/loss seconds beside trl's DPO metrics.
+    With ``hypo_lambda=0`` nothing is sampled and the loss is DPO's. Eval loss is DPO's alone.
+    """
+
+    def __init__(self, *args, sampler=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._capture = _attach_capture(self)
+        if sampler is None:
+            from contrastkit.alignment.sampler import make_sampler
+
+            tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+            sampler = make_sampler(self.args.hypo_sampler, tok, accelerator=self.accelerator,
+                                   gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                                   vllm_server_url=self.args.vllm_server_url,
+                                   vllm_model_name=self.args.vllm_model_name)
+        self._sampler = sampler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        terms = _dpo_terms(self, model, inputs, return_outputs)
+        loss = terms["loss"]
+        if self.model.training and self.args.hypo_lambda > 0:
+            _log(self, "hypo/dpo_loss", loss)
+            loss = loss + self.args.hypo_lambda * online_kl_term(self, inputs)
+        return _finish(loss, terms, return_outputs)
+
+
+class TREGTrainer(DPOTrainer):
+    """T-REG (Zhou et al. 2024, arXiv 2412.02685): DPO + ``alpha *`` token-level reward regularizer.
+
+    At construction, token rewards for the train (and eval) set are computed once with the frozen
+    reference (LoRA adapter off, or ``ref_model``) under ``treg_better_template`` /
+    ``treg_worse_template`` and cached in ``output_dir`` (reused on resume; see
+    :mod:`contrastkit.alignment.token_rewards`). Logs ``treg/reg``, ``treg/weight`` and ``treg/dpo_loss``.
+    With ``treg_alpha=0`` the loss is exactly DPO's.
+    """
+
+    def __init__(self, *args, **kwargs):
+        from contrastkit.alignment.token_rewards import TokenRewardCollator
+
+        super().__init__(*args, **kwargs)
+        self._capture = _attach_capture(self)
+        dc = self.data_collator
+        self.data_collator = TokenRewardCollator(pad_token_id=dc.pad_token_id, max_length=dc.max_length,
+                                                 truncation_mode=dc.truncation_mode,
+                                                 pad_to_multiple_of=dc.pad_to_multiple_of)
+        self._set_signature_columns_if_needed()
+        self._signature_columns = list(self._signature_columns) + ["chosen_token_rewards", "rejected_token_rewards"]
+        self.treg_cache = {}
+        self.train_dataset = self._attach_token_rewards(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {n: self._attach_token_rewards(d, f"eval_{n}") for n, d in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = self._attach_token_rewards(self.eval_dataset, "eval")
+
+    def _attach_token_rewards(self, dataset, name: str):
+        from contrastkit.alignment.token_rewards import (
+            cached_token_rewards,
+            compute_token_rewards,
+            reference_context,
+            reference_model_hash,
+        )
+
+        args = self.args
+        tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+        model, ctx = reference_context(self)
+
+        def compute():
+            with ctx, torch.no_grad():
+                return compute_token_rewards(model, tok, dataset, args.treg_better_template, args.treg_worse_template,
+                                             max_length=args.max_length, batch_size=args.treg_reward_batch_size)
+
+        t0 = time.perf_counter()
+        with args.main_process_first(desc=f"T-REG token rewards ({name})"):
+            dataset, path, cached = cached_token_rewards(
+                dataset, args.output_dir, name, compute, model_hash=reference_model_hash(model),
+                better=args.treg_better_template, worse=args.treg_worse_template, max_length=args.max_length)
+        self.treg_cache[name] = {"path": str(path), "cached": cached, "seconds": time.perf_counter() - t0}
+        return dataset
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        token_rewards = inputs.pop("token_rewards", None)  # not a model kwarg (alignment.md 1.8c)
+        terms = _dpo_terms(self, model, inputs, return_outputs)
+        loss = terms["loss"]
+        if token_rewards is not None and self.args.treg_alpha > 0:
+            reg, weights = treg_regularizer(terms["policy_tok"], terms["ref_tok"], token_rewards[:, 1:],
+                                            terms["mask"], beta=self.beta, reduction=self.args.treg_token_reduction)
+            _log(self, "treg/dpo_loss", loss)
+            _log(self, "treg/reg", reg)
+            _log(self, "treg/weight", weights)
+            loss = loss + self.args.treg_alpha * reg.mean()
+        return _finish(loss, terms, return_outputs)
+
+
+TRAINER_CLASSES = {"dpo": ContrastDPOTrainer, "hypo": HyPOTrainer, "treg": TREGTrainer}
+for _name, _cls in TRAINER_CLASSES.items():
+    TRAINERS.register(_name, _cls)
