@@ -1,6 +1,6 @@
 """DPO vs HyPO vs T-REG on the embedded SmolLM2 with LoRA on CPU, against plain trl DPO in the same run.
 
-    .venv/bin/python benchmarks/preference_trainers.py --steps 30 --json /tmp/pref.json
+    .venv/bin/python benchmarks/trainers.py --steps 30 --json /tmp/pref.json
 
 For each method (plain ``trl.DPOTrainer`` = ``trl-dpo``, our ``dpo``, ``hypo``, ``treg``) it trains a
 fresh LoRA adapter on the same HH-RLHF harmless-base pairs (short rows only, so CPU runs take
