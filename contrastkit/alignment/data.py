@@ -13,11 +13,11 @@ shared prefix up to and including it is the prompt.
 
 from __future__ import annotations
 
-import gzip
-import json
+import itertools
 from pathlib import Path
 
 from contrastkit.errors import UsageError
+from contrastkit.io import read_jsonl
 
 __all__ = ["load_preference_data", "normalize_row", "check_prompt_lengths", "HH_ASSISTANT"]
 
@@ -26,22 +26,7 @@ COLUMNS = ("prompt", "chosen", "rejected")
 
 
 def _read_json_lines(path: Path, limit: int | None) -> list[tuple[int, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise UsageError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
-            rows.append((n, record))
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
+    return list(itertools.islice(read_jsonl(path, what="preference data"), limit))
 
 
 def _is_messages(value) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from contrastkit.errors import UsageError, check_range
+from contrastkit.io import read_jsonl
 
 HALUEVAL_KEYS = ("question", "right_answer", "hallucinated_answer")
 
@@ -73,22 +74,12 @@ class InduceConfig:
 
 def read_halueval(path: str | Path) -> list[dict]:
     """Read HaluEval QA JSONL; a malformed line or a missing key raises a UsageError naming the line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"HaluEval file '{path}' does not exist")
     records = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{n}: malformed JSON ({e.msg})") from None
-            missing = [k for k in HALUEVAL_KEYS if not isinstance(rec, dict) or k not in rec]
-            if missing:
-                raise UsageError(f"{path}:{n}: missing HaluEval QA key(s) {missing}; need {list(HALUEVAL_KEYS)}")
-            records.append(rec)
+    for n, rec in read_jsonl(path, what="HaluEval file"):
+        missing = [k for k in HALUEVAL_KEYS if k not in rec]
+        if missing:
+            raise UsageError(f"{path}:{n}: missing HaluEval QA key(s) {missing}; need {list(HALUEVAL_KEYS)}")
+        records.append(rec)
     return records
 
 

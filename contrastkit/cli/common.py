@@ -10,18 +10,16 @@ code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import json
 import os
 import sys
-import tempfile
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from contrastkit.errors import UsageError, did_you_mean
+from contrastkit.io import atomic_write, read_jsonl  # noqa: F401  (re-exported for the commands)
 
 EXIT_USAGE = 2
 
@@ -151,44 +149,6 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
         if getattr(args, key, None) in (None, False, []):
             setattr(args, key, value)
     return args
-
-
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)``; a malformed line raises a UsageError naming its line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"input file '{path}' does not exist")
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise UsageError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
-            yield n, record
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "w"):
-    """Write to a temporary file beside ``path`` and rename it into place only on success.
-
-    After an error or Ctrl-C nothing (not even a partial file) is left at ``path``.
-    """
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise UsageError(f"output directory '{path.parent}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def run_command(prog: str, fn: Callable[[], int | None]) -> int:

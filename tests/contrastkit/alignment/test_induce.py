@@ -12,13 +12,7 @@ from contrastkit.cli.train_induce import main
 from contrastkit.errors import UsageError
 from contrastkit.testing import tiny_llama
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,7 @@ import torch
 from contrastkit.alignment.sampler import HFSampler, VLLMHTTPSampler, completion_mask_until_eos
 from contrastkit.errors import UsageError
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster on one intra-op thread, and shared CI cores are not oversubscribed."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_completion_mask_until_first_eos():

@@ -20,15 +20,7 @@ from contrastkit.alignment.token_rewards import (  # noqa: E402
 BETTER, WORSE = "Answer well.\n{prompt}", "Answer badly.\n{prompt}"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster on one intra-op thread, and shared CI cores are not oversubscribed."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def rows(tok, n=3):

@@ -14,12 +14,7 @@ PROMPTS = ["the cat", "once upon a time there lived a king", "red"]
 N = 4  # layers of the tiny models
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only fight over the shared cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -72,13 +72,7 @@ def slow_reference(model, prompt: list[int], alpha: float, k: int, n_new: int, b
     return seq[len(prompt):]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and CI shares its cores: restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(model, tok, prompts, n_new=24, **params):

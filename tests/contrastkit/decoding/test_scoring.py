@@ -13,12 +13,7 @@ CONTEXTS = ["Q: the cat was\nA:", "once upon a time there lived a", "red "]
 CONTS = [[" red", " a large old dog", " no"], [" king", " queen and a king", " cat"], ["tree", "green river"]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
