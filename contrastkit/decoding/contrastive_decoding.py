@@ -122,14 +122,23 @@ PRESETS = {
 }
 
 
+# Fields a preset fixes: they are not parameters of that preset (no flag, no YAML key), so a shared
+# ``--amateur`` given to several strategies reaches only those that take an amateur.
+FIXED = {"dola": {"amateur": None}}
+
+
 def _preset_config_cls(name: str, overrides: dict) -> type:
     fields = []
+    fixed = FIXED.get(name, {})
     for f in dataclasses.fields(ContrastConfig):
+        if f.name in fixed:
+            continue
         default = overrides.get(f.name, f.default)
         fields.append((f.name, f.type, field(default=default, metadata=f.metadata)))
     doc = f"Parameters of ``{name}``: {PRESETS[name][0]} (same fields as ContrastConfig, other defaults)."
     cls = dataclasses.make_dataclass(
-        f"{name.upper()}Config", fields, namespace={"__post_init__": ContrastConfig.__post_init__, "__doc__": doc}
+        f"{name.upper()}Config", fields,
+        namespace={"__post_init__": ContrastConfig.__post_init__, "__doc__": doc, **fixed},
     )
     cls.__module__ = __name__  # string annotations ('Any', ...) resolve in this module (CLI flag types)
     return cls

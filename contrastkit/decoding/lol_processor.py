@@ -24,6 +24,8 @@ inferred from leading pad tokens (``model.generation_config.pad_token_id``); pas
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from transformers import LogitsProcessor
 
@@ -49,7 +51,10 @@ class ContrastLogitsProcessor(LogitsProcessor):
 
         self._session_cls = ContrastSession
         self.model = model
-        self.config = get_strategy(strategy).make_config(amateur=amateur, **{"mixed_batch": False, **params})
+        strat = get_strategy(strategy)
+        if amateur is not None or "amateur" in {f.name for f in dataclasses.fields(strat.config_cls)}:
+            params["amateur"] = amateur  # presets that fix the amateur (dola) reject one with a clear error
+        self.config = strat.make_config(**{"mixed_batch": False, **params})
         self.amateur = resolve_amateur(model, self.config.amateur)
         self.attention_mask = attention_mask
         self.session = None

@@ -218,3 +218,18 @@ def test_cd_with_a_smaller_amateur(models, tiny_tok):
     assert cd != gen(E, tiny_tok, "cd", amateur=small, amateur_temperature=0.5)
     with pytest.raises(UsageError, match="layers"):
         gen(E, tiny_tok, "cd", amateur=small, lower_layer="1", lower_weight=0.5)
+
+
+def test_dola_takes_no_amateur_so_a_shared_amateur_flag_skips_it():
+    """dola's amateur is the expert's own lower layer: `amateur` is not one of its parameters."""
+    import argparse
+
+    from contrastkit.cli.generate import strategy_params
+    from contrastkit.decoding.base import get_strategy
+
+    with pytest.raises(UsageError, match="strategy 'dola' has no parameter 'amateur'"):
+        get_strategy("dola").make_config(amateur="some/adapter")
+    assert get_strategy("dola").make_config().amateur is None
+    args = argparse.Namespace(amateur="runs/amateur", lower_weight=None, alpha=None)
+    assert strategy_params(args, "icd") == {"amateur": "runs/amateur"}
+    assert "amateur" not in strategy_params(args, "dola")
