@@ -23,6 +23,7 @@ import torch
 
 from contrastkit.decoding.base import DecodingStrategy, get_strategy
 from contrastkit.errors import UsageError
+from contrastkit.generation import left_pad
 
 
 def logprob_scorer(model, input_ids: torch.LongTensor, attention_mask: torch.Tensor, config=None) -> torch.Tensor:
@@ -132,13 +133,9 @@ def score(
     for start in range(0, len(flat), batch_size):  # the pairs the shared-prompt path did not take
         chunk = flat[start:start + batch_size]
         seqs = [c + x for _, c, x in chunk]
-        T = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), T), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            input_ids[r, T - len(s):] = torch.tensor(s)
-            mask[r, T - len(s):] = 1
-        token_scores = scorer(model, input_ids.to(device), mask.to(device), config).cpu()  # (B, T-1)
+        input_ids, mask = left_pad(tokenizer, seqs, device)
+        T = input_ids.shape[1]
+        token_scores = scorer(model, input_ids, mask, config).cpu()  # (B, T-1)
         for r, (i, _, x) in enumerate(chunk):
             out[i].append(ScoredContinuation(x, token_scores[r, T - 1 - len(x):].tolist()))
     return out
