@@ -23,7 +23,7 @@ demo: install
 	$(BIN)/contrastkit generate "$(PROMPT)" --strategy greedy,sample,contrastive --max_new_tokens 40 --seed 0
 
 test-deps: install
-	$(BIN)/pip install -q -e ".[dev,encoder,eval,mauve]"
+	$(BIN)/pip install -q -e ".[dev,encoder,eval,mauve,lm-eval]"
 
 test: test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -6,7 +6,14 @@ copied to a temporary directory with only the dataset pointed at a local copy of
 ``hf`` backend on the same in-memory model. Prints, per question, the largest absolute
 difference of answer log-likelihoods, MC1 and MC2, plus both wall times.
 
+``--backend contrastkit`` runs the same lm-eval tasks through our lm-eval model plugin
+(:mod:`contrastkit.eval.lm_eval_model`) instead of ``hf``, under ``--strategy`` (any registered
+strategy; ``--amateur`` for the contrastive ones): lm-eval's own pipeline and metrics on our
+scores, compared with our harness under the same strategy.
+
     .venv/bin/python benchmarks/eval_lmeval_agreement.py --limit 10 --json /tmp/agree.json
+    .venv/bin/python benchmarks/eval_lmeval_agreement.py --limit 817 --backend contrastkit
+    .venv/bin/python benchmarks/eval_lmeval_agreement.py --limit 50 --backend contrastkit --strategy dola
 
 Needs the ``lm-eval`` extra (``pip install 'contrastkit[lm-eval]'``).
 """
@@ -50,12 +57,19 @@ def write_local_tasks(data: Path, limit: int, tmp: Path) -> list[str]:
     return ["ck_local_truthfulqa_mc1", "ck_local_truthfulqa_mc2"]
 
 
-def run_lm_eval(model, tok, tasks, tmp: Path, batch_size: int):
+def run_lm_eval(model, tok, tasks, tmp: Path, batch_size: int, backend: str = "hf", strategy: str = "greedy",
+                params: dict | None = None):
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+    if backend == "hf":
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+    else:
+        from contrastkit.eval.lm_eval_model import ContrastkitLM
+
+        lm = ContrastkitLM(model=model, tokenizer=tok, strategy=strategy, batch_size=batch_size, check_greedy=False,
+                           **(params or {}))
     t0 = time.perf_counter()
     out = simple_evaluate(model=lm, tasks=tasks, task_manager=TaskManager(include_path=str(tmp)), log_samples=True,
                           bootstrap_iters=0)
@@ -69,14 +83,16 @@ def run_lm_eval(model, tok, tasks, tmp: Path, batch_size: int):
     return per, elapsed
 
 
-def run_ours(model, tok, data: Path, limit: int, batch_size: int):
+def run_ours(model, tok, data: Path, limit: int, batch_size: int, strategy: str = "greedy", params: dict | None = None):
     from contrastkit.eval.metrics import mc_metrics
-    from contrastkit.eval.truthfulqa import PrefixCachedScorer, build_context, load_truthfulqa
+    from contrastkit.eval.truthfulqa import PrefixCachedScorer, build_context, load_truthfulqa, score_answers
 
     items = load_truthfulqa(data)[:limit]
     scorer = PrefixCachedScorer(model, tok, batch_size=batch_size)
     t0 = time.perf_counter()
-    scores = scorer.score([build_context(it.question) for it in items], [[" " + a for a in it.answers()] for it in items])
+    scores = score_answers(model, tok, [build_context(it.question) for it in items],
+                           [[" " + a for a in it.answers()] for it in items], strategy, batch_size=batch_size,
+                           cached_scorer=scorer, **(params or {}))
     elapsed = time.perf_counter() - t0
     per = {}
     for i, (it, sc) in enumerate(zip(items, scores)):
@@ -93,9 +109,15 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--backend", choices=["hf", "contrastkit"], default="hf",
+                   help="lm-eval model: its own hf backend, or our plugin under --strategy")
+    p.add_argument("--strategy", default="greedy", help="scoring rule of ours (and of the contrastkit backend)")
+    p.add_argument("--amateur", default=None, help="amateur for contrastive strategies")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 avoids oversubscription)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.backend == "hf" and args.strategy != "greedy":
+        p.error("the hf backend scores with plain log-probs: use --backend contrastkit for other strategies")
     import torch
 
     if args.threads:
@@ -105,10 +127,12 @@ def main(argv=None) -> int:
 
     torch.manual_seed(0)
     model, tok = load_model(args.model)
-    ours, t_ours = run_ours(model, tok, Path(args.data), args.limit, 32)
+    params = {"amateur": args.amateur} if args.amateur else {}
+    ours, t_ours = run_ours(model, tok, Path(args.data), args.limit, 32, args.strategy, params)
     with tempfile.TemporaryDirectory() as tmp:
         tasks = write_local_tasks(Path(args.data), args.limit, Path(tmp))
-        theirs, t_theirs = run_lm_eval(model, tok, tasks, Path(tmp), args.batch_size)
+        theirs, t_theirs = run_lm_eval(model, tok, tasks, Path(tmp), args.batch_size, args.backend, args.strategy,
+                                       params)
     rows, worst = [], {"ll": 0.0, "mc1": 0.0, "mc2": 0.0}
     for i in sorted(ours):
         d_ll = max(abs(a - b) for k in ("mc1", "mc2") for a, b in zip(ours[i][k]["ll"], theirs[i][k]["ll"]))
@@ -122,8 +146,10 @@ def main(argv=None) -> int:
         print(f"{r['question']:>3} {r['max_abs_ll_diff']:>10.2e} {r['mc1_diff']:>7.0f} {r['mc2_diff']:>10.2e} "
               f"{r['mc2_ours']:>9.5f} {r['mc2_lm_eval']:>11.5f}")
     print(f"max |d loglik| {worst['ll']:.2e}  max |d MC1| {worst['mc1']:.0f}  max |d MC2| {worst['mc2']:.2e}")
-    print(f"wall time: contrastkit {t_ours:.1f}s, lm-eval {t_theirs:.1f}s, ratio {t_theirs / t_ours:.1f}x")
-    result = {"limit": args.limit, "model": args.model, "data": args.data, "worst": worst, "rows": rows,
+    print(f"wall time: contrastkit harness {t_ours:.1f}s, lm-eval ({args.backend} backend) {t_theirs:.1f}s, "
+          f"ratio {t_theirs / t_ours:.1f}x; strategy {args.strategy}")
+    result = {"limit": args.limit, "model": args.model, "data": args.data, "backend": args.backend,
+              "strategy": args.strategy, "worst": worst, "rows": rows,
               "time_contrastkit_s": t_ours, "time_lm_eval_s": t_theirs}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

@@ -37,7 +37,7 @@ def add_run_arguments(p: ArgumentParser) -> None:
     p.add_argument("--amateur", default=None, help="amateur model, passed to every strategy that takes 'amateur'")
     p.add_argument("--output_dir", required=True, help="directory for records, summary.json, results.md, plots")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--chunk_size", type=int, default=None, help="items per cache flush (default 8)")
+    p.add_argument("--chunk_size", type=int, default=None, help="items per cache flush (default: 32 for TruthfulQA MC, 8 otherwise)")
     p.add_argument("--overwrite", action="store_true", help="recompute instead of resuming a cached run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=None,

@@ -57,7 +57,7 @@ def run(argv: list[str]) -> int:
         module, _, attr = MODES[m].partition(":")
         task = getattr(importlib.import_module(module), attr)(model, tok, cfg)
         out = args.output_dir if len(modes) == 1 else f"{args.output_dir}/{m}"
-        summary = run_evaluation(task, specs, out, chunk_size=args.chunk_size or 8, seed=args.seed or 0,
+        summary = run_evaluation(task, specs, out, chunk_size=args.chunk_size or task.default_chunk_size, seed=args.seed or 0,
                                  overwrite=bool(args.overwrite), model_name=args.model, progress=not args.quiet)
         from pathlib import Path
 

@@ -93,7 +93,19 @@ def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
 
 
-def select_premature(mature: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+def first_near_max(values: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
+    """Index of the first of L values within ``tolerance`` of their maximum: (L, ...) -> (...) long.
+
+    With ``tolerance=0`` this is ``argmax`` (first maximum). A tolerance makes the choice stable
+    under float noise when several values are (nearly) tied, e.g. DoLa JSDs that all saturate at
+    ln 2: without it, which layer wins would depend on 1e-6 rounding differences between batch
+    layouts, and so would the score.
+    """
+    near = values >= values.amax(dim=0, keepdim=True) - tolerance  # (L, ...)
+    return near.to(torch.uint8).argmax(dim=0)  # argmax returns the first maximal index
+
+
+def select_premature(mature: torch.Tensor, candidates: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
     """DoLa's dynamic premature layer (eq. 3): the candidate with the largest JSD from the mature layer.
 
     Unlike HF (which averages the JSD over the batch and uses one layer for every row) the choice
@@ -102,11 +114,12 @@ def select_premature(mature: torch.Tensor, candidates: torch.Tensor) -> torch.Te
     Args:
         mature: (..., V) log-probs of the final layer.
         candidates: (L, ..., V) log-probs of the L candidate layers.
+        tolerance: JSDs within this of the largest count as tied (see :func:`first_near_max`).
     Returns:
         (...) long indices into the L candidates (ties -> the first).
     """
     jsd = js_divergence(mature.unsqueeze(0), candidates)  # (L, ...)
-    return jsd.argmax(dim=0)
+    return first_near_max(jsd, tolerance)
 
 
 def gather_layer(candidates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ from contrastkit.decoding.amateur import (
 from contrastkit.decoding.base import finish, keep_finished_padded, register_strategy, stream
 from contrastkit.decoding.contrast_scores import (
     early_exit_logprobs,
+    first_near_max,
     fused_contrast_scores,
     js_divergence,
     logprobs,
@@ -79,6 +80,11 @@ class ContrastConfig:
         metadata={"help": "Lower (premature) layer: an index j (hidden_states[j]), 'middle' (N // 2), a comma list "
                           "(JSD-selected bucket), 'low' / 'high' (HF DoLa buckets), or 'none'."},
     )
+    jsd_tolerance: float = field(
+        default=1e-4,
+        metadata={"help": "Bucket layers whose JSD is within this of the largest count as tied; the earliest wins. "
+                          "Keeps DoLa's choice stable when JSDs saturate at ln 2 (0 = plain argmax)."},
+    )
     lower_weight: float = field(default=0.0, metadata={"help": "lambda: weight of the lower-layer contrast."})
     final_norm: bool = field(default=False, metadata={"help": "Apply the final norm before the LM head at early exit."})
     refocus_weight: float = field(default=0.0, metadata={"help": "gamma: weight of the truthfulness-refocus term."})
@@ -100,6 +106,7 @@ class ContrastConfig:
         check_range("score_alpha", self.score_alpha, 0, 1)
         check_range("amateur_temperature", self.amateur_temperature, 0, None, lo_open=True)
         check_range("temperature", self.temperature, 0, None, lo_open=True)
+        check_range("jsd_tolerance", self.jsd_tolerance, 0, None)
         if isinstance(self.lower_layer, (int, list, tuple)) and not isinstance(self.lower_layer, bool):
             items = [self.lower_layer] if isinstance(self.lower_layer, int) else list(self.lower_layer)
             self.lower_layer = ",".join(str(int(i)) for i in items)
@@ -234,21 +241,30 @@ class ContrastSession:
         return res
 
     def _premature(self, E, hidden):
-        """Expert early-exit log-probs at the JSD-selected bucket layer (per row/position) and its index."""
-        best_lp = best_jsd = best_idx = None
+        """Expert early-exit log-probs at the JSD-selected bucket layer (per row/position) and its index.
+
+        Two passes, so that at most one (B, t, V) candidate is held at a time: the JSD of every
+        bucket layer, then the first layer within ``jsd_tolerance`` of the largest (per
+        row/position), whose log-probs are recomputed only where some position selected it.
+        """
+        def exit_lp(j):
+            return early_exit_logprobs(hidden[j], self.head, self.norm if j < self.N else None)
+
+        if len(self.layers) == 1:
+            lp = exit_lp(self.layers[0])
+            return lp, torch.zeros(lp.shape[:-1], dtype=torch.long, device=lp.device)
+        jsd, first = [], None
         for i, j in enumerate(self.layers):
-            lp = early_exit_logprobs(hidden[j], self.head, self.norm if j < self.N else None)
-            if len(self.layers) == 1:
-                return lp, torch.zeros(lp.shape[:-1], dtype=torch.long, device=lp.device)
-            jsd = js_divergence(E, lp)
-            if best_lp is None:
-                best_lp, best_jsd, best_idx = lp, jsd, torch.zeros_like(jsd, dtype=torch.long)
-                continue
-            better = jsd > best_jsd  # strict: ties keep the earlier layer, like argmax
-            best_lp = torch.where(better[..., None], lp, best_lp)
-            best_idx = torch.where(better, i, best_idx)
-            best_jsd = torch.maximum(jsd, best_jsd)
-        return best_lp, best_idx
+            lp = exit_lp(j)
+            first = lp if i == 0 else first  # the usual winner under ties: kept, not recomputed
+            jsd.append(js_divergence(E, lp))
+        idx = first_near_max(torch.stack(jsd), self.cfg.jsd_tolerance)  # (B, t)
+        best = first
+        # one host sync per step, as the loop's own `unfinished.any()` already has
+        for i in idx.unique().tolist():
+            if i != 0:
+                best = torch.where((idx == i)[..., None], exit_lp(self.layers[i]), best)
+        return best, idx
 
     def _amateur_low(self, hidden, idx):
         stack = torch.stack([hidden[j] for j in self.layers])  # (L, B, t, d)

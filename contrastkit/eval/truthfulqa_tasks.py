@@ -40,7 +40,9 @@ class TruthfulQAConfig:
     preset: str = field(default="qa-primer", metadata={"help": f"prompt preset: {', '.join(PRESETS)}"})
     chat: bool = field(default=False, metadata={"help": "wrap the prompt in the tokenizer's chat template"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N questions"})
-    batch_size: int = field(default=32, metadata={"help": "answers (MC) or prompts (generation) per forward pass"})
+    batch_size: int = field(default=32, metadata={"help": (
+        "prompts per batch (generation); answers per pass for contrastive rules and the per-question "
+        "MC fallback (plain-rule MC packs 4 rows of ~256 tokens per pass)")})
     max_new_tokens: int = field(default=50, metadata={"help": "generation: answer length limit (original: 50)"})
     judge_truth: str | None = field(default=None, metadata={"help": "generation: local path of a truth judge model"})
     judge_info: str | None = field(default=None, metadata={"help": "generation: local path of an info judge model"})
@@ -57,6 +59,8 @@ class TruthfulQAConfig:
 
 
 class _TruthfulQABase:
+    default_chunk_size = 8  # items per task.run_items call when --chunk_size is not given
+
     def __init__(self, model, tokenizer, config: TruthfulQAConfig):
         self.model, self.tok, self.cfg = model, tokenizer, config
         data = load_truthfulqa(config.data)
@@ -78,6 +82,7 @@ class TruthfulQAMC(_TruthfulQABase):
     """MC1/MC2/MC3 per question; answers of a question share one forward pass."""
 
     name = "truthfulqa-mc"
+    default_chunk_size = 32  # questions per scoring call (and per cache flush): more rows per packed forward
     report_columns = ["mc1", "mc2", "mc3", "mc1_lmeval"]
     plots = [("bar", "mc1", "mc2", "mc3")]
 

@@ -7,6 +7,7 @@ import torch
 
 from contrastkit.decoding.contrast_scores import (
     early_exit_logprobs,
+    first_near_max,
     fused_contrast_scores,
     gather_layer,
     js_divergence,
@@ -68,6 +69,17 @@ def test_select_premature_matches_argmax_and_single_bucket():
     # the mature layer itself in the bucket has JSD 0 and is never picked over a different layer
     both = torch.stack([mature, cands[0]])
     assert select_premature(mature, both).tolist() == [1] * 5
+
+
+def test_first_near_max_breaks_near_ties_toward_the_first():
+    jsd = torch.tensor([[0.69310, 0.5, 0.1], [0.69315, 0.6, 0.1], [0.2, 0.60005, 0.1]])  # (L=3, 3 positions)
+    assert first_near_max(jsd, 0.0).tolist() == [1, 2, 0]  # plain argmax (first maximum on exact ties)
+    assert first_near_max(jsd, 1e-4).tolist() == [0, 1, 0]  # within 1e-4 of the max: the earliest layer
+    assert first_near_max(jsd, 1.0).tolist() == [0, 0, 0]
+    # the rule is stable: noise far below the tolerance never changes the choice
+    for seed in range(5):
+        noisy = jsd + 1e-6 * torch.randn(jsd.shape, generator=torch.Generator().manual_seed(seed))
+        assert first_near_max(noisy, 1e-4).tolist() == [0, 1, 0]
 
 
 def test_fused_worked_example_and_special_cases():

@@ -233,3 +233,24 @@ def test_dola_takes_no_amateur_so_a_shared_amateur_flag_skips_it():
     args = argparse.Namespace(amateur="runs/amateur", lower_weight=None, alpha=None)
     assert strategy_params(args, "icd") == {"amateur": "runs/amateur"}
     assert "amateur" not in strategy_params(args, "dola")
+
+
+@pytest.mark.integration
+def test_smollm2_dola_scores_do_not_depend_on_batch_layout(smollm2, shared_data):
+    """On SmolLM2 the un-normed early exits are near one-hot, so most bucket JSDs saturate at ln 2.
+
+    Without a tie tolerance the chosen layer (and a score in the hundreds) followed 1e-6 rounding
+    differences between batch layouts: one answer scored 1831 in a batch of 9 and 1383 alone.
+    """
+    from contrastkit.decoding.scoring import score
+    from contrastkit.eval.truthfulqa import build_context, load_truthfulqa
+
+    model, tok = smollm2
+    item = load_truthfulqa(shared_data / "truthfulqa" / "hub_013686a" / "mc_task.json")[4]
+    ctx, answers = build_context(item.question), [" " + a for a in item.answers()]
+    runs = [score(model, tok, ctx, answers, "dola", batch_size=bs, share_prompt=share)[0]
+            for bs, share in ((32, True), (1, True), (4, False))]
+    totals = [[s.total for s in run] for run in runs]
+    assert max(abs(t) for t in totals[0]) > 100  # the regime where the old choice was unstable
+    for other in totals[1:]:
+        assert other == pytest.approx(totals[0], abs=1e-2)

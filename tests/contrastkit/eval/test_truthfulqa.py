@@ -1,8 +1,9 @@
 import json
 
 import pytest
+import torch
 
-from contrastkit.decoding.scoring import score
+from contrastkit.decoding.scoring import encode_pair, score
 from contrastkit.errors import UsageError
 from contrastkit.eval.truthfulqa import (
     LITERAL_HEADER,
@@ -67,11 +68,54 @@ def _reference(model, tok, contexts, answers):
     return [[s.total for s in row] for row in score(model, tok, contexts, answers, "greedy", batch_size=4)]
 
 
-def test_prefix_cached_scorer_equals_plain_score(tiny_llama, tiny_tok):
+def _slow_reference(model, tok, contexts, answers):
+    """Every answer as its own full sequence, no cache: sum of log_softmax at the answer tokens."""
+    out = []
+    for ctx, conts in zip(contexts, answers):
+        row = []
+        for cont in conts:
+            c, x = encode_pair(tok, ctx, cont)
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([c + x])).logits[0, len(c) - 1:-1]
+            row.append(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(x)[:, None]).sum().item())
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("model_name", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("pack_tokens,rows", [(256, 4), (8, 2), (10_000, 1)])
+def test_packed_scorer_equals_slow_reference(request, tiny_tok, model_name, pack_tokens, rows):
+    model = request.getfixturevalue(model_name)
+    contexts = [build_context(q) for q in ("Is the sky blue?", "Why do cats purr?", "Who?", "What?")]
+    answers = [[" Yes it is.", " No.", " Yes it is not.", " The sky is green on Tuesdays."],
+               [" Because they do.", " Because they can.", " x"],
+               [" Nobody knows at all, really.", " Me.", " Nobody knows at all, really."], [" A"]]
+    scorer = PrefixCachedScorer(model, tiny_tok, pack_tokens=pack_tokens, rows_per_forward=rows)
+    assert scorer.packed_supported()
+    got = scorer.score(contexts, answers)
+    ref = _slow_reference(model, tiny_tok, contexts, answers)
+    assert [len(r) for r in got] == [len(r) for r in answers]
+    for g_row, r_row in zip(got, ref):
+        assert g_row == pytest.approx(r_row, abs=1e-4)
+    assert got[2][0] == pytest.approx(got[2][2], abs=1e-9)  # a duplicate answer reads the same trie path
+    fallback = PrefixCachedScorer(model, tiny_tok, packed=False).score(contexts, answers)
+    for g_row, f_row in zip(got, fallback):
+        assert g_row == pytest.approx(f_row, abs=1e-4)
+
+
+def test_packed_path_only_where_it_applies(tiny_llama, tiny_tok):
+    assert PrefixCachedScorer(tiny_llama, tiny_tok).packed_supported()
+    tiny_llama.config._attn_implementation = "flash_attention_2"  # cannot take a custom 4-D mask
+    assert not PrefixCachedScorer(tiny_llama, tiny_tok).packed_supported()
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_prefix_cached_scorer_equals_plain_score(tiny_llama, tiny_tok, packed):
     contexts = [build_context(q) for q in ("Is the sky blue?", "Why do cats purr?", "Who?")]
     answers = [[" Yes it is.", " No.", " The sky is green on Tuesdays."], [" Because.", " x"],
                [" Nobody knows at all, really.", " Me."]]
-    scorer = PrefixCachedScorer(tiny_llama, tiny_tok, batch_size=2)  # batch 2: answers split across passes
+    # batch 2 / 16-token rows: answers split across passes
+    scorer = PrefixCachedScorer(tiny_llama, tiny_tok, batch_size=2, pack_tokens=16, rows_per_forward=2, packed=packed)
     fast = scorer.score(contexts, answers)
     ref = _reference(tiny_llama, tiny_tok, contexts, answers)
     for f_row, r_row in zip(fast, ref):
@@ -81,7 +125,7 @@ def test_prefix_cached_scorer_equals_plain_score(tiny_llama, tiny_tok):
     again = scorer.score(contexts[1:], answers[1:])
     assert [x for row in again for x in row] == pytest.approx([x for row in fast[1:] for x in row], abs=1e-4)
     plain = [["Hello there", "Goodbye"], ["a b", "c"]]
-    got = PrefixCachedScorer(tiny_llama, tiny_tok).score(["Q: hi", "Z"], plain)
+    got = PrefixCachedScorer(tiny_llama, tiny_tok, packed=packed).score(["Q: hi", "Z"], plain)
     assert [g for row in got for g in row] == pytest.approx(
         [r for row in _reference(tiny_llama, tiny_tok, ["Q: hi", "Z"], plain) for r in row], abs=1e-4)
 
@@ -98,9 +142,11 @@ def test_score_answers_routes_through_strategy(tiny_llama, tiny_tok):
 @pytest.mark.integration
 def test_prefix_cache_matches_plain_score_on_smollm2(smollm2, shared_data):
     model, tok = smollm2
-    items = load_truthfulqa(shared_data / "truthfulqa" / "hub_013686a" / "mc_task.json")[:1]
+    items = load_truthfulqa(shared_data / "truthfulqa" / "hub_013686a" / "mc_task.json")[:2]
     contexts = [build_context(it.question) for it in items]
-    answers = [[" " + a for a in it.answers()[:2]] for it in items]
-    fast = PrefixCachedScorer(model, tok).score(contexts, answers)
-    ref = _reference(model, tok, contexts, answers)
+    answers = [[" " + a for a in it.answers()[:3]] for it in items]
+    scorer = PrefixCachedScorer(model, tok)
+    assert scorer.packed_supported()
+    fast = scorer.score(contexts, answers)
+    ref = _slow_reference(model, tok, contexts, answers)
     assert max(abs(a - b) for fr, rr in zip(fast, ref) for a, b in zip(fr, rr)) < 1e-4
