@@ -116,12 +116,17 @@ def head_is_linear(model, body) -> bool:
 
 
 def tree_supported(model, cache) -> str | None:
-    """``None`` if the tree path applies to ``model`` with this (prefilled) cache, else the reason why not."""
+    """``None`` if the tree path applies to ``model`` with this (prefilled) cache, else the reason why not.
+
+    ``cache=None`` checks the model alone (a forward that starts without a cached prefix).
+    """
     attn = getattr(model.config, "_attn_implementation", None)
     if attn not in TREE_ATTENTION:
         return f"attention backend {attn!r} cannot take a custom 4-D mask (tree mode needs one of {TREE_ATTENTION})"
     if getattr(model.config, "is_encoder_decoder", False):
         return "encoder-decoder models are not supported by tree mode"
+    if cache is None:  # no prefix yet: only the model matters
+        return None
     bad = sorted({type(layer).__name__ for layer in getattr(cache, "layers", [None]) if type(layer) is not DynamicLayer})
     if bad:
         return f"cache layers {bad} are not plain DynamicLayer (sliding-window / static / quantized caches)"

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from transformers.cache_utils import DynamicLayer
 
 from contrastkit.errors import UsageError, did_you_mean
 
@@ -240,18 +239,15 @@ class PrefixCachedScorer:
         self.device = next(model.parameters()).device
         self._prefix: list[int] = []
         self._cache = None
-        self._packed = packed  # None = decide from the model on first use
+        self._packed = packed  # None = decide from the model and cache (tree.tree_supported, head_is_linear)
 
-    def packed_supported(self) -> bool:
+    def packed_supported(self, cache=None) -> bool:
         """True when the packed path applies: custom 4-D masks, plain cache layers, a linear head."""
-        if self._packed is None:
-            from contrastkit.decoding.tree import TREE_ATTENTION, head_is_linear
+        if self._packed is not None:
+            return self._packed
+        from contrastkit.decoding.tree import head_is_linear, tree_supported
 
-            cfg = self.model.config
-            self._packed = (getattr(cfg, "_attn_implementation", None) in TREE_ATTENTION
-                            and not getattr(cfg, "is_encoder_decoder", False)
-                            and head_is_linear(self.model, self.model.base_model))
-        return self._packed
+        return tree_supported(self.model, cache) is None and head_is_linear(self.model, self.model.base_model)
 
     def _prefix_cache(self, prefix: list[int]):
         if prefix != self._prefix or self._cache is None:
@@ -277,7 +273,7 @@ class PrefixCachedScorer:
             n_prefix = k  # the cached primer still prefixes every context: keep it (no recompute per chunk)
         cache = self._prefix_cache(ctx_ids[0][:n_prefix]) if n_prefix > 0 else None
         conts = [[p[1] for p in ps] for ps in pairs]
-        if self.packed_supported() and (cache is None or all(type(la) is DynamicLayer for la in cache.layers)):
+        if self.packed_supported(cache):
             return self._score_packed(ctx_ids, conts, n_prefix, cache)
         return [self._score_one(ctx, cs, n_prefix, cache) for ctx, cs in zip(ctx_ids, conts)]
 
