@@ -24,8 +24,9 @@ the answer (without a leading space) is scored right after the assistant header 
 MC scoring: an answer's score is the sum of its per-token scores under the strategy's scoring
 rule (log-probs for plain strategies, e.g. log p_expert - log p_amateur for contrastive ones).
 For the plain rule the shared few-shot primer is run once and its KV cache reused for every
-question, and each question's answers are scored in one batched forward pass on top of the
-question's cache; other rules go through :func:`contrastkit.score`.
+question, and the questions' remaining tokens plus prefix tries of their answers are packed into
+the rows of a few forward passes on top of it (:class:`PrefixCachedScorer`,
+:mod:`contrastkit.eval.packing`); other rules go through :func:`contrastkit.score`.
 """
 
 from __future__ import annotations
