@@ -172,3 +172,24 @@ def test_command_line_runs_lm_eval_with_the_plugin(tiny_model_dir, tmp_path):
     assert cli.keys() == ref.keys() == {0, 1, 2}
     for doc in ref:
         assert cli[doc] == pytest.approx(ref[doc], abs=1e-4)
+
+
+@pytest.mark.integration
+def test_smollm2_rolling_and_generation(smollm2, shared_data):
+    """On the embedded model: perplexity windows == one full sequence; generate_until under contrastive search."""
+    model, tok = smollm2
+    raw = (shared_data / "wikitext103_test" / "wiki.test.raw").read_text(encoding="utf-8")
+    text = next(p for p in raw.split("\n") if len(p.split()) > 60)[:600]
+    lm = ContrastkitLM(model=model, tokenizer=tok, strategy="contrastive", penalty_alpha=0.6, top_k=4)
+    tokens = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[lm.prefix_token_id] + tokens])).logits[0, :-1]
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(tokens)[:, None]).sum().item()
+    got = lm.loglikelihood_rolling(_requests("loglikelihood_rolling", [text]), disable_tqdm=True)[0]
+    assert got == pytest.approx(ref, abs=1e-3)  # contrastive search scores with the plain rule
+    prompt = "Q: What is the capital of France?\nA:"
+    out = lm.generate_until(_requests("generate_until", [(prompt, {"until": ["\nQ:", "\n\n"], "max_gen_toks": 24})]),
+                            disable_tqdm=True)[0]
+    full = generate(model, tok, [tok(prompt, add_special_tokens=False)["input_ids"]], "contrastive",
+                    max_new_tokens=24, penalty_alpha=0.6, top_k=4)[0].text
+    assert out.strip() and out == full.split("\nQ:")[0].split("\n\n")[0]
