@@ -253,11 +253,8 @@ class ContrastSession:
         if len(self.layers) == 1:
             lp = exit_lp(self.layers[0])
             return lp, torch.zeros(lp.shape[:-1], dtype=torch.long, device=lp.device)
-        jsd, first = [], None
-        for i, j in enumerate(self.layers):
-            lp = exit_lp(j)
-            first = lp if i == 0 else first  # the usual winner under ties: kept, not recomputed
-            jsd.append(js_divergence(E, lp))
+        first = exit_lp(self.layers[0])  # the usual winner under ties: kept, not recomputed
+        jsd = [js_divergence(E, first)] + [js_divergence(E, exit_lp(j)) for j in self.layers[1:]]
         idx = first_near_max(torch.stack(jsd), self.cfg.jsd_tolerance)  # (B, t)
         best = first
         # one host sync per step, as the loop's own `unfinished.any()` already has
