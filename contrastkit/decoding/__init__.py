@@ -9,5 +9,6 @@ from contrastkit.decoding.base import DecodingStrategy, get_strategy, register_s
 from contrastkit.decoding.contrastive_decoding import cd, dola, icd, lol  # noqa: F401  (registers cd/icd/dola/lol)
 from contrastkit.decoding.contrastive_search import contrastive_search
 from contrastkit.decoding.plain import beam, greedy, sample
+from contrastkit.decoding.rankgen import rankgen  # noqa: F401  (registers rankgen)
 
 __all__ = ["DecodingStrategy", "get_strategy", "register_strategy", "greedy", "sample", "beam", "contrastive_search"]
