@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from transformers.cache_utils import DynamicCache
+from transformers.generation.logits_process import LogitsProcessor
 
 from contrastkit.decoding.base import (
     finish,
@@ -246,3 +247,49 @@ def _beam_search(model, input_ids, logits_processor, stopping_criteria, generati
             finished_before = ~rows.unfinished
             in_round = 0
         rows.step(model, tokens)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranker scores inside HF's own beam search
+# ---------------------------------------------------------------------------------------------
+
+
+class RankerBeamRescorer(LogitsProcessor):
+    """Adds ranker scores to HF ``num_beams`` search: hypotheses rank by log-prob + weight × ranker score.
+
+    Every ``rerank_every`` generated tokens each beam's continuation so far is scored against its
+    prompt and ``weight × (score now − score of its ancestor at the previous rerank point)`` is
+    added to that beam's row of log-probs. HF accumulates the processed log-probs into the beam
+    score, so the differences telescope: a hypothesis scores sum log p + weight × (its latest
+    ranker score). The ancestor's score is looked up by its tokens, so HF's beam reordering
+    between steps needs no hook. ``weight=0`` is plain HF beam search. The RankGen paper
+    (arXiv 2205.09726 section 2.3) reranks sampled beams instead; this in-search form is ours.
+
+    Use one instance per ``generate`` call (the prompt length is taken from the first call).
+
+    Example:
+        >>> proc = RankerBeamRescorer(ranker, tok, weight=1.0, rerank_every=10)  # doctest: +SKIP
+        >>> model.generate(ids, num_beams=4, logits_processor=LogitsProcessorList([proc]))  # doctest: +SKIP
+    """
+
+    def __init__(self, ranker, tokenizer, weight: float = 1.0, rerank_every: int = 20):
+        check_range("rerank_every", rerank_every, 1)
+        self.ranker, self.tokenizer, self.weight, self.rerank_every = ranker, tokenizer, float(weight), rerank_every
+        self.prompt_length: int | None = None
+        self._scores: dict[tuple, float] = {}  # continuation tokens at the last rerank point -> ranker score
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        cur = input_ids.shape[1]
+        if self.prompt_length is None or cur <= self.prompt_length:
+            self.prompt_length, self._scores = cur, {}
+        gen = cur - self.prompt_length
+        if self.weight == 0 or gen == 0 or gen % self.rerank_every:
+            return scores
+        P, L = self.prompt_length, self.rerank_every
+        rows = input_ids[:, P:].tolist()
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        prefixes = self.tokenizer.batch_decode(input_ids[:, :P].tolist(), skip_special_tokens=True)
+        now = torch.as_tensor(self.ranker.score(prefixes, texts), dtype=torch.float32)  # (n,)
+        before = torch.tensor([self._scores.get(tuple(r[:gen - L]), 0.0) for r in rows])  # beam bookkeeping
+        self._scores = {tuple(r): s for r, s in zip(rows, now.tolist())}
+        return scores + (self.weight * (now - before)).to(scores.device, scores.dtype)[:, None]

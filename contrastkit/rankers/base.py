@@ -73,6 +73,17 @@ class DotProductRanker(Ranker):
         return torch.einsum("bd,bkd->bk", p, c).cpu()
 
 
+class _ScoreOnly(Ranker):
+    """Adapts an object with only ``score(prefixes, continuations)`` to the full interface."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = getattr(inner, "name", type(inner).__name__)
+
+    def score(self, prefixes, continuations) -> torch.Tensor:
+        return torch.as_tensor(self.inner.score(prefixes, continuations), dtype=torch.float32).cpu()
+
+
 def ranker_names() -> list[str]:
     import contrastkit.rankers  # noqa: F401  (registers the built-ins)
 
@@ -84,7 +95,7 @@ def get_ranker(spec="embedding", **kwargs) -> Ranker:
     if isinstance(spec, Ranker):
         return spec
     if callable(getattr(spec, "score", None)):
-        return spec  # duck-typed ranker
+        return spec if callable(getattr(spec, "score_grouped", None)) else _ScoreOnly(spec)  # duck-typed ranker
     if not isinstance(spec, str) or not spec:
         raise UsageError(f"ranker must be a name, NAME:PATH or a ranker object, got {spec!r}")
     import contrastkit.rankers  # noqa: F401  (registers the built-ins)
