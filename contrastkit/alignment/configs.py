@@ -82,12 +82,28 @@ class HyPOConfig(DPOConfig):
                 "bias it (use at your own risk)."})
     hypo_top_p: float = field(default=1.0, metadata={"help": "Nucleus top-p for sampling, (0, 1]; 1.0 = unbiased."})
     hypo_sampler: str = field(default="hf", metadata={
-        "help": "Where samples come from: 'hf' (generate on the current policy) or 'vllm-http' (an "
-                "OpenAI-compatible vLLM server at vllm_server_url, which must serve the current weights)."})
+        "help": "Where samples come from: 'hf' (generate on the current policy); 'vllm-colocate' / 'vllm-server' "
+                "(vLLM through trl's VLLMGeneration, weights pushed every hypo_sync_every steps); 'vllm-lora' (LoRA "
+                "adapter pushed through vLLM's runtime LoRA endpoints); 'vllm-http' (a server whose weights are "
+                "never updated: needs hypo_allow_off_policy). See docs/scale_out.md."})
     vllm_server_url: str = field(default="http://127.0.0.1:8000", metadata={
         "help": "Base URL of the vLLM OpenAI-compatible server (hypo_sampler=vllm-http)."})
     vllm_model_name: str | None = field(default=None, metadata={
         "help": "Model name to request from the vLLM server (default: the first one it lists)."})
+    # --- issue 15 (scale-out): vLLM weight sync; checked in contrastkit.alignment.vllm_sampler ---
+    hypo_sync_every: int = field(default=1, metadata={
+        "help": "Push the policy's weights to vLLM when they are this many optimizer steps old (>= 1); every batch "
+                "then samples from weights < hypo_sync_every steps old (1 = on-policy, the paper's setting). Ours."})
+    hypo_allow_off_policy: bool = field(default=False, metadata={
+        "help": "Accept samples from a server whose weights are never synced (hypo_sampler=vllm-http). The KL term "
+                "is then biased; the run summary records off_policy: true."})
+    vllm_lora_dir: str | None = field(default=None, metadata={
+        "help": "Where vllm-lora saves each adapter version (must be readable by the vLLM server; default "
+                "<output_dir>/vllm_lora)."})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={
+        "help": "GPU memory fraction of the colocated vLLM engine (vllm-colocate), (0, 1]. trl's GRPO default."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={
+        "help": "Tensor-parallel size of the colocated vLLM engine (vllm-colocate); must divide the process count."})
 
     def __post_init__(self):
         _check_dpo_family(self)
@@ -105,6 +121,9 @@ class HyPOConfig(DPOConfig):
 
             raise UsageError(f"unknown hypo_sampler '{self.hypo_sampler}'.{did_you_mean(self.hypo_sampler, SAMPLERS)}"
                              f" Known: {', '.join(SAMPLERS)}")
+        from contrastkit.alignment.vllm_sampler import check_sampler_options
+
+        check_sampler_options(self)  # issue 15: sync_every range; unsynced samplers need the off-policy opt-in
         if self.precompute_ref_log_probs:
             raise UsageError("HyPO needs the reference model in memory for the online KL; "
                              "set precompute_ref_log_probs to false")

@@ -13,8 +13,10 @@ first EOS; :func:`completion_mask_until_eos`). A pad id generated *before* EOS i
   trl's ``unwrap_model_for_generation`` (DDP/DeepSpeed unwrap, gradient checkpointing off).
 * :class:`VLLMHTTPSampler` asks an OpenAI-compatible vLLM server (``vllm serve`` /
   ``trl vllm-serve``) over HTTP with the standard library; vllm itself is never imported. The
-  server samples from *its* weights: keeping them in sync with the policy is the caller's job
-  (otherwise the samples are off-policy and the KL estimate is biased).
+  server samples from *its* weights and this sampler never updates them, so HyPO refuses it
+  unless ``hypo_allow_off_policy`` is set (recorded as ``off_policy: true`` in the run summary).
+* ``vllm-colocate``, ``vllm-server``, ``vllm-lora``: vLLM with weight sync every
+  ``hypo_sync_every`` optimizer steps (:mod:`contrastkit.alignment.vllm_sampler`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ class VLLMHTTPSampler:
     tokenizer: object
     model_name: str | None = None
     timeout: float = 120.0
+    off_policy: bool = True  # the server's weights are never updated by this sampler
+
+    def summary(self) -> dict:
+        return {"name": "vllm-http", "off_policy": self.off_policy, "sync_every": None, "n_syncs": 0}
 
     def _post(self, path: str, payload: dict | None = None) -> dict:
         url = self.base_url.rstrip("/") + path
@@ -135,18 +141,34 @@ def _hf_sampler(tokenizer, *, accelerator=None, gradient_checkpointing_kwargs=No
     return HFSampler(tokenizer.pad_token_id, tokenizer.eos_token_id, accelerator, gradient_checkpointing_kwargs)
 
 
-def _vllm_http_sampler(tokenizer, *, vllm_server_url: str = "http://127.0.0.1:8000", vllm_model_name=None, **_):
+def _vllm_http_sampler(tokenizer, *, vllm_server_url: str = "http://127.0.0.1:8000", vllm_model_name=None,
+                       trainer=None, **_):
+    if trainer is not None:
+        from contrastkit.alignment.vllm_sampler import check_sampler_options
+
+        check_sampler_options(trainer.args)  # raises unless off-policy samples were opted into
     return VLLMHTTPSampler(vllm_server_url, tokenizer, vllm_model_name)
 
 
-SAMPLERS = {"hf": _hf_sampler, "vllm-http": _vllm_http_sampler}
+def _lazy(name: str):
+    def factory(tokenizer, **options):
+        from contrastkit.alignment import vllm_sampler
+
+        return getattr(vllm_sampler, name)(tokenizer, **options)
+
+    return factory
+
+
+SAMPLERS = {"hf": _hf_sampler, "vllm-http": _vllm_http_sampler, "vllm-colocate": _lazy("vllm_colocate_sampler"),
+            "vllm-server": _lazy("vllm_server_sampler"), "vllm-lora": _lazy("vllm_lora_sampler")}
 
 
 def make_sampler(name: str, tokenizer, **options):
     """Build the sampler registered as ``name`` in :data:`SAMPLERS` (``hf`` or ``vllm-http``).
 
     ``options``: ``accelerator``, ``gradient_checkpointing_kwargs`` (hf); ``vllm_server_url``,
-    ``vllm_model_name`` (vllm-http). Options a sampler does not use are ignored.
+    ``vllm_model_name`` (vllm-http); ``trainer`` (the vLLM samplers read its args and step, and
+    sync its model). Options a sampler does not use are ignored.
     """
     if name not in SAMPLERS:
         from contrastkit.errors import did_you_mean

@@ -170,7 +170,8 @@ class HyPOTrainer(DPOTrainer):
             sampler = make_sampler(self.args.hypo_sampler, tok, accelerator=self.accelerator,
                                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
                                    vllm_server_url=self.args.vllm_server_url,
-                                   vllm_model_name=self.args.vllm_model_name)
+                                   vllm_model_name=self.args.vllm_model_name,
+                                   trainer=self)  # issue 15: vLLM samplers sync this trainer's model
         self._sampler = sampler
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -171,6 +171,8 @@ def run_training(method: str, script: TrainScriptConfig, cfg, *, trainer_kwargs:
                "num_processes": trainer.accelerator.num_processes,
                "resumed_from": resume, "train_loss": result.training_loss, "metrics": result.metrics,
                "log_history": trainer.state.log_history, "treg_cache": getattr(trainer, "treg_cache", None)}
+    if hasattr(getattr(trainer, "_sampler", None), "summary"):  # issue 15: sync_every, staleness, off_policy
+        summary["sampler"] = trainer._sampler.summary()
     if trainer.accelerator.is_main_process:
         with atomic_write(os.path.join(cfg.output_dir, "train_summary.json")) as f:
             json.dump(summary, f, indent=1, default=str)

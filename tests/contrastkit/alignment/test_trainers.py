@@ -182,7 +182,7 @@ def test_treg_trains_with_regularizer_and_collator_alignment(tmp_path):
 @pytest.mark.parametrize("cfg_cls, bad, match", [
     (HyPOConfig, {"hypo_lambda": -0.1}, "hypo_lambda"),
     (HyPOConfig, {"hypo_num_samples": 1}, "hypo_num_samples must be >= 2"),
-    (HyPOConfig, {"hypo_sampler": "vlm"}, "Did you mean 'vllm-http'"),
+    (HyPOConfig, {"hypo_sampler": "vlm"}, "Did you mean 'vllm-"),  # issue 15 added vllm-lora/-server/-colocate
     (TREGConfig, {"treg_alpha": -1.0}, "treg_alpha"),
     (TREGConfig, {"treg_better_template": "no placeholder"}, "placeholder"),
     (ContrastDPOConfig, {"loss": "dpoo"}, "Did you mean 'dpo'"),

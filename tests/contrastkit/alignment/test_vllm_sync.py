@@ -1,0 +1,332 @@
+"""HyPO on vLLM: every sampling request sees the weights of its step (or <= sync_every-1 steps older).
+
+vLLM is not installed: stand-ins sit at vLLM's boundary. Colocate: trl's ``vllm_generation.LLM``
+(``load_weights`` + ``generate``). Server: the HTTP endpoints on 127.0.0.1 plus vLLM's NCCL
+broadcast producer (the rendezvous itself needs CUDA). LoRA: the runtime LoRA endpoints, reading
+the adapter file the trainer saved. Each stand-in compares what it holds, at every generation
+request, with the policy's weights computed here from scratch (W + alpha/r * B @ A).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+datasets = pytest.importorskip("datasets")
+from peft import LoraConfig  # noqa: E402
+
+from contrastkit.alignment.configs import HyPOConfig  # noqa: E402
+from contrastkit.alignment.trainers import HyPOTrainer  # noqa: E402
+from contrastkit.errors import UsageError  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+R, ALPHA = 4, 8
+EOS = 2
+
+
+def pairs(n=8):
+    import random
+
+    rng = random.Random(0)
+    words = "the cat dog bird saw a red blue king queen river city".split()
+    w = lambda k: " ".join(rng.choice(words) for _ in range(k))  # noqa: E731
+    return datasets.Dataset.from_list([{"prompt": w(4), "chosen": " " + w(3), "rejected": " " + w(2)} for _ in range(n)])
+
+
+def make_trainer(tmp_path, sampler: str, steps=4, **extra):
+    from contrastkit.testing import tiny_llama, tiny_tokenizer
+
+    args = HyPOConfig(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, use_cpu=True,
+                      bf16=False, report_to="none", logging_steps=1, learning_rate=5e-2, save_strategy="no",
+                      gradient_checkpointing=False, seed=0, disable_tqdm=True, hypo_lambda=1.0,
+                      hypo_max_new_tokens=4, hypo_sampler=sampler, **extra)
+    return HyPOTrainer(model=tiny_llama(init_range=0.3), args=args, train_dataset=pairs(),
+                       processing_class=tiny_tokenizer(),
+                       peft_config=LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["q_proj", "v_proj"]))
+
+
+def merged_policy(model) -> dict:
+    """vLLM-named full weights of a LoRA policy, from scratch: W + alpha/r * B @ A (no peft merge code)."""
+    params = dict(model.named_parameters())
+    out = {}
+    for name, p in params.items():
+        if "lora_" in name:
+            continue
+        clean = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        w = p.detach().clone()
+        if ".base_layer." in name:
+            stem = name.replace(".base_layer.weight", "")
+            a, b = params[f"{stem}.lora_A.default.weight"], params[f"{stem}.lora_B.default.weight"]
+            w = w + (ALPHA / R) * (b.detach() @ a.detach())
+        out[clean] = w
+    return out
+
+
+def lora_state(model) -> dict:
+    return {n.replace(".default", ""): p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+class Witness:
+    """Snapshots the policy at each step and checks what the engine holds at each generation request."""
+
+    def __init__(self, snapshot):
+        self.snapshot, self.trainer, self.by_step, self.requests, self.updates = snapshot, None, {}, [], []
+
+    def see(self, held: dict, *, n_prompts: int):
+        step = self.trainer.state.global_step
+        self.by_step.setdefault(step, self.snapshot(self.trainer.model))
+        matches = [s for s, ref in self.by_step.items()
+                   if ref.keys() <= held.keys() and all(torch.allclose(held[k], v, atol=1e-6, rtol=0)
+                                                          for k, v in ref.items())]
+        self.requests.append({"step": step, "weights_match_steps": matches, "n_prompts": n_prompts})
+
+
+def fake_rows(prompt: list[int]) -> list[int]:
+    return [prompt[-1], 7 + len(prompt) % 5, EOS, 9]  # trailing token after EOS must be masked away
+
+
+def check_ledger(tmp_path, witness, sync_every: int, steps: int):
+    log = [json.loads(line) for line in (tmp_path / "hypo_sampler_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(steps))
+    assert [r["staleness"] for r in log] == [s % sync_every for s in range(steps)]
+    assert [r["synced"] for r in log] == [s % sync_every == 0 for s in range(steps)]
+    assert len(witness.requests) == steps
+    for req, rec in zip(witness.requests, log):
+        assert rec["weights_step"] in req["weights_match_steps"], (req, rec)  # engine held that step's weights
+        # and not the current weights when stale (the policy moved: lr is large)
+        assert (req["step"] in req["weights_match_steps"]) == (rec["staleness"] == 0), (req, rec)
+
+
+# ---------------------------------------------------------------- colocate: stand-in for vllm.LLM
+@pytest.fixture
+def fake_vllm_colocate(monkeypatch):
+    import trl.generation.vllm_generation as vg
+
+    witness = Witness(merged_policy)
+
+    class FakeLLM:
+        def __init__(self, model=None, **kwargs):
+            self.held, self.kwargs = {}, kwargs
+            runner = SimpleNamespace(model=SimpleNamespace(load_weights=self.load_weights))
+            self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
+                driver_worker=SimpleNamespace(model_runner=runner)))
+
+        def load_weights(self, weights):
+            for name, p in weights:
+                self.held[name] = p.detach().clone()
+                witness.updates.append(name)
+
+        def reset_prefix_cache(self):
+            pass
+
+        def generate(self, prompts, sampling_params=None, use_tqdm=False):
+            assert sampling_params.kwargs["n"] == 1 and sampling_params.kwargs["temperature"] == 1.0
+            witness.see(self.held, n_prompts=len(prompts))
+            return [SimpleNamespace(prompt_token_ids=p["prompt_token_ids"], outputs=[SimpleNamespace(
+                token_ids=fake_rows(p["prompt_token_ids"]), logprobs=None)]) for p in prompts]
+
+    class FakeSamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    monkeypatch.setattr(vg, "is_vllm_available", lambda *a, **k: True)
+    monkeypatch.setattr(vg, "LLM", FakeLLM, raising=False)
+    monkeypatch.setattr(vg, "SamplingParams", FakeSamplingParams, raising=False)
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # trl sets these; restore after
+        monkeypatch.setenv(var, {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.get(var, "x"))
+        monkeypatch.delenv(var)
+    return witness
+
+
+@pytest.mark.parametrize("sync_every", [1, 2])
+def test_colocate_each_request_sees_its_steps_weights(tmp_path, fake_vllm_colocate, sync_every):
+    witness = fake_vllm_colocate
+    trainer = make_trainer(tmp_path, "vllm-colocate", hypo_sync_every=sync_every)
+    witness.trainer = trainer
+    trainer.train()
+    check_ledger(tmp_path, witness, sync_every, 4)
+    summary = trainer._sampler.summary()
+    assert summary["n_syncs"] == len(range(0, 4, sync_every)) and summary["max_staleness"] == sync_every - 1
+    assert summary["name"] == "vllm-colocate" and summary["off_policy"] is False
+    logged = [h["hypo/weights_staleness"] for h in trainer.state.log_history if "hypo/weights_staleness" in h]
+    assert logged == [float(s % sync_every) for s in range(4)]
+
+
+def test_colocate_samples_reach_the_loss_masked_after_eos(tmp_path, fake_vllm_colocate):
+    witness = fake_vllm_colocate
+    trainer = make_trainer(tmp_path, "vllm-colocate", steps=1)
+    witness.trainer = trainer
+    prompts = torch.tensor([[0, 11, 12], [13, 14, 15]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    out, keep = trainer._sampler.sample(None, prompts, mask, k=2, max_new_tokens=4)
+    assert out.tolist() == [[12, 9, EOS, 0]] * 2 + [[15, 10, EOS, 0]] * 2  # token after EOS -> pad
+    assert keep.tolist() == [[1, 1, 1, 0]] * 4
+
+
+# ---------------------------------------------------------------- server: HTTP endpoints + NCCL producer
+class _Handler(BaseHTTPRequestHandler):
+    engine = None
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, obj, code=200):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(self.engine.get(self.path.split("?")[0]))
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        payload = json.loads(self.rfile.read(n)) if n else {}
+        try:
+            self._send(self.engine.post(self.path, payload))
+        except KeyError as e:
+            self._send({"error": str(e)}, 404)
+
+
+class FakeServer:
+    """vLLM's OpenAI server + dev weight-transfer endpoints + runtime LoRA endpoints, in memory."""
+
+    def __init__(self, witness, lora_key=None):
+        self.witness, self.held, self.adapters, self.pending, self.lora_key = witness, {}, {}, None, lora_key
+        self.calls, self.broadcast_done = [], threading.Event()
+
+    def get(self, path):
+        self.calls.append(path)
+        return {"/v1/models": {"data": [{"id": "base"}]}, "/health": {}, "/get_world_size": {"world_size": 1},
+                "/server_info": {"vllm_config": {"weight_transfer_config": {"backend": "nccl"}}}}[path]
+
+    def post(self, path, payload):
+        self.calls.append(path)
+        if path == "/update_weights":  # blocks in the NCCL receive until the trainer's broadcast is done
+            assert self.broadcast_done.wait(30)
+            self.broadcast_done.clear()
+            assert list(self.pending) == payload["update_info"]["names"]
+            self.held.update(self.pending)
+        elif path == "/v1/load_lora_adapter":
+            from safetensors.torch import load_file
+
+            state = load_file(f"{payload['lora_path']}/adapter_model.safetensors")
+            self.adapters[payload["lora_name"]] = {self.lora_key(k): v for k, v in state.items()}
+        elif path == "/v1/unload_lora_adapter":
+            del self.adapters[payload["lora_name"]]
+        elif path == "/v1/completions":
+            held = self.adapters[payload["model"]] if self.lora_key else self.held
+            self.witness.see(held, n_prompts=len(payload["prompt"]))
+            return {"choices": [{"index": i * payload["n"] + j, "token_ids": fake_rows(p), "prompt_token_ids": p,
+                                 "logprobs": None, "finish_reason": "stop"}
+                                for i, p in enumerate(payload["prompt"]) for j in range(payload["n"])]}
+        return {"success": True}
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(engine):
+        handler = type("H", (_Handler,), {"engine": engine})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_server_mode_each_request_sees_its_steps_weights(tmp_path, serve, monkeypatch):
+    import trl.generation.vllm_client as vc
+    import trl.generation.vllm_generation as vg
+
+    witness = Witness(merged_policy)
+    engine = FakeServer(witness)
+    url = serve(engine)
+
+    def producer(iterator, group, src, post_iter_func):  # stand-in for vLLM's packed NCCL broadcast
+        assert group == "fake-nccl-group" and src == 0
+        engine.pending = {name: post_iter_func((name, t)).detach().clone() for name, t in iterator}
+        witness.updates.append(len(engine.pending))
+        engine.broadcast_done.set()
+
+    def init_communicator(self, device=0):  # the NCCL rendezvous needs CUDA; the HTTP half is kept
+        assert self.get_server_info()["weight_transfer_config"] is not None
+        self._post(f"{self.base_url}/init_weight_transfer_engine", json={"init_info": {"world_size": 2}})
+        self.communicator = "fake-nccl-group"
+
+    for mod in (vc, vg):
+        monkeypatch.setattr(mod, "is_vllm_available", lambda *a, **k: True)
+    monkeypatch.setattr(vc, "_HAS_STATEFUL_TRAINER_ENGINE", True)
+    monkeypatch.setattr(vc, "_HAS_RESET_PREFIX_CACHE_SUCCESS", True)
+    monkeypatch.setattr(vc, "packed_nccl_broadcast_producer", producer, raising=False)
+    monkeypatch.setattr(vc.VLLMClient, "init_communicator", init_communicator)
+    trainer = make_trainer(tmp_path, "vllm-server", hypo_sync_every=3, vllm_server_url=url)
+    witness.trainer = trainer
+    trainer.train()
+    check_ledger(tmp_path, witness, 3, 4)
+    assert engine.calls.count("/update_weights") == 2 and engine.calls.count("/reset_prefix_cache") == 2
+    order = [c for c in engine.calls if c in ("/update_weights", "/v1/completions")]
+    assert order == ["/update_weights", "/v1/completions", "/v1/completions", "/v1/completions",
+                     "/update_weights", "/v1/completions"]
+
+
+# ---------------------------------------------------------------- LoRA through runtime endpoints
+def test_lora_endpoint_sync_sends_the_current_adapter(tmp_path, serve):
+    witness = Witness(lora_state)
+    engine = FakeServer(witness, lora_key=lambda k: k)
+    url = serve(engine)
+    trainer = make_trainer(tmp_path, "vllm-lora", vllm_server_url=url)
+    witness.trainer = trainer
+    trainer.train()
+    check_ledger(tmp_path, witness, 1, 4)
+    loads = [c for c in engine.calls if c == "/v1/load_lora_adapter"]
+    assert len(loads) == 4 and len(engine.adapters) == 2  # older adapters unloaded (keep=2)
+    assert sorted(p.name for p in (tmp_path / "vllm_lora").iterdir()) == ["step-2", "step-3"]
+
+
+def test_lora_sampler_refuses_full_finetune(tmp_path):
+    from contrastkit.alignment.sampler import make_sampler
+    from contrastkit.testing import tiny_llama, tiny_tokenizer
+
+    args = SimpleNamespace(output_dir=str(tmp_path), hypo_sync_every=1, vllm_server_url="http://127.0.0.1:9",
+                           vllm_lora_dir=None)
+    trainer = SimpleNamespace(model=tiny_llama(), args=args, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    with pytest.raises(UsageError, match="LoRA adapter"):
+        make_sampler("vllm-lora", tiny_tokenizer(), trainer=trainer)
+    with pytest.raises(UsageError, match="needs the trainer"):
+        make_sampler("vllm-server", tiny_tokenizer())
+
+
+# ---------------------------------------------------------------- refusal without sync, opt-in recorded
+def test_unsynced_sampler_refused_unless_off_policy_opt_in(tmp_path):
+    kw = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
+    with pytest.raises(UsageError, match="hypo_allow_off_policy"):
+        HyPOConfig(hypo_sampler="vllm-http", **kw)
+    HyPOConfig(hypo_sampler="vllm-http", hypo_allow_off_policy=True, **kw)
+    HyPOConfig(hypo_sampler="vllm-http", hypo_lambda=0.0, **kw)  # nothing is sampled
+    for s in ("vllm-server", "vllm-colocate", "vllm-lora", "hf"):
+        HyPOConfig(hypo_sampler=s, **kw)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(UsageError, match="hypo_sync_every must be an integer >= 1"):
+            HyPOConfig(hypo_sampler="vllm-server", hypo_sync_every=bad, **kw)
+
+
+def test_ledger_sync_rule_boundaries():
+    from contrastkit.alignment.vllm_sampler import SyncLedger
+
+    led = SyncLedger(sync_every=3)
+    assert led.due(0)  # never synced: always push first
+    led.synced_step = 5
+    assert [led.due(s) for s in (5, 6, 7, 8, 9)] == [False, False, False, True, True]
