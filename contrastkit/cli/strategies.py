@@ -11,7 +11,7 @@ PROG = "contrastkit strategies"
 
 
 def run(argv: list[str]) -> int:
-    parser = ArgumentParser(prog=PROG, description="List registered decoding strategies.")
+    parser = ArgumentParser(prog=PROG, description="List registered decoding strategies.", run_flags=False)
     parser.add_argument("names", nargs="*", help="Only these strategies.")
     parser.add_argument("--json", action="store_true", help="Machine-readable output.")
     args = parser.parse_args(argv)

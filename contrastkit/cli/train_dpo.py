@@ -1,7 +1,7 @@
 """``contrastkit train dpo``: DPO (arXiv 2305.18290) on trl.
 
-    contrastkit train dpo --config configs/dpo_smollm2_hh.yaml
-    contrastkit train dpo --config configs/dpo_smollm2_hh.yaml --max_steps 10 --resume_from_checkpoint auto
+    contrastkit train dpo --config dpo_smollm2_hh
+    contrastkit train dpo --config dpo_smollm2_hh --max_steps 10 --resume_from_checkpoint auto
 
 See docs/alignment.md; the recipe itself is :mod:`contrastkit.cli.train_common`.
 """

@@ -1,7 +1,7 @@
 """``contrastkit train hypo``: HyPO: DPO + online reverse-KL on policy samples (arXiv 2406.01462) on trl.
 
-    contrastkit train hypo --config configs/hypo_smollm2_hh.yaml
-    contrastkit train hypo --config configs/hypo_smollm2_hh.yaml --max_steps 10 --resume_from_checkpoint auto
+    contrastkit train hypo --config hypo_smollm2_hh
+    contrastkit train hypo --config hypo_smollm2_hh --max_steps 10 --resume_from_checkpoint auto
 
 See docs/alignment.md; the recipe itself is :mod:`contrastkit.cli.train_common`.
 """

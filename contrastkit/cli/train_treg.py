@@ -1,7 +1,7 @@
 """``contrastkit train treg``: T-REG: DPO + token-level reward regularization (arXiv 2412.02685) on trl.
 
-    contrastkit train treg --config configs/treg_smollm2_hh.yaml
-    contrastkit train treg --config configs/treg_smollm2_hh.yaml --max_steps 10 --resume_from_checkpoint auto
+    contrastkit train treg --config treg_smollm2_hh
+    contrastkit train treg --config treg_smollm2_hh --max_steps 10 --resume_from_checkpoint auto
 
 See docs/alignment.md; the recipe itself is :mod:`contrastkit.cli.train_common`.
 """

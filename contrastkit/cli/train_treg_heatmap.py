@@ -1,6 +1,6 @@
 """``contrastkit train treg-heatmap``: render T-REG token rewards of a few pairs as an HTML heatmap.
 
-    contrastkit train treg-heatmap --config configs/treg_heatmap_smollm2_hh.yaml
+    contrastkit train treg-heatmap --config treg_heatmap_smollm2_hh
     contrastkit train treg-heatmap --train_file pairs.jsonl --num_examples 3 --output rewards.html
 
 The rewards are the ones T-REG trains with (arXiv 2412.02685, Sec. 3.1): the frozen model scores

@@ -68,7 +68,12 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 @dataclass
 class ScoredContinuation:
-    """Scores of one continuation: per-token scores and their sum."""
+    """Scores of one continuation: per-token scores, their sum (``total``), mean and count.
+
+    MC metrics (TruthfulQA MC1/2/3, lm-eval loglikelihood) rank by the sum, which favours short
+    continuations; the mean per token is the length-normalised view. ``to_dict()`` gives the same
+    fields as ``contrastkit score``'s JSON.
+    """
 
     token_ids: list[int]
     token_scores: list[float]
@@ -76,6 +81,24 @@ class ScoredContinuation:
     @property
     def total(self) -> float:
         return float(sum(self.token_scores))
+
+    @property
+    def sum(self) -> float:
+        """Same as ``total``: the sum of the per-token scores."""
+        return self.total
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_scores)
+
+    @property
+    def mean(self) -> float:
+        """The sum divided by the number of tokens (0.0 for no tokens)."""
+        return self.total / self.num_tokens if self.num_tokens else 0.0
+
+    def to_dict(self) -> dict:
+        return {"sum": self.total, "mean": self.mean, "num_tokens": self.num_tokens,
+                "token_ids": list(self.token_ids), "token_scores": list(self.token_scores)}
 
 
 @torch.no_grad()

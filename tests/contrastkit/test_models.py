@@ -33,11 +33,80 @@ def test_bf16_dtype(tiny_model_dir):
     ("/no/such/dir", "does not exist"),
     ("./missing-model", "does not exist"),
     ("smolm2", "Did you mean 'smollm2'"),
-    ("some-org/some-model", "Hub is unreachable"),
+    ("some-org/some-model", "not in the Hugging Face cache"),
 ])
 def test_missing_model_errors(bad, match):
     with pytest.raises(UsageError, match=match):
         load_model(bad)
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """A working directory with runs/amateur (a model-like folder) and runs/amateur-old beside it."""
+    for name in ("amateur", "dpo"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("runs/amateurX", True),       # first folder exists here: a path, not the Hub id runs/amateurX
+    ("./x", True), ("../x", True), ("~/x", True), ("/abs/x", True),
+    ("a/b/c", True),               # more than one separator
+    ("m.gguf", True), ("dir\\m", True),
+    ("org/name", False),           # a Hub id (no folder 'org' here)
+    ("gpt2", False),
+])
+def test_looks_like_path(runs_dir, name, expected):
+    from contrastkit.models import looks_like_path
+
+    assert looks_like_path(name) is expected
+
+
+def test_mistyped_local_path_fails_at_once_with_sibling_suggestion(runs_dir, monkeypatch):
+    import contrastkit.models as m
+
+    monkeypatch.setattr(m, "hub_reachable", lambda *a, **k: pytest.fail("a path must never reach the Hub"))
+    with pytest.raises(UsageError, match=r"model path 'runs/amateurX' does not exist\. Did you mean 'runs/amateur'\?"):
+        resolve_source("runs/amateurX")
+    with pytest.raises(UsageError, match="Did you mean 'runs/amateur'"):  # also from the config, before any load
+        ModelConfig(model="runs/amatuer")
+    with pytest.raises(UsageError, match=r"adapter path 'runs/dpoo' does not exist\. Did you mean 'runs/dpo'"):
+        ModelConfig(adapter="runs/dpoo")
+    with pytest.raises(UsageError, match="adapter path 'zzz' does not exist"):  # an adapter is always local
+        ModelConfig(adapter="zzz")
+    ModelConfig(model="org/name", adapter="runs/dpo")  # a Hub-looking id and an existing adapter pass
+
+
+def test_hub_id_offline_fails_at_once_and_unreachable_suggests_offline(monkeypatch):
+    import contrastkit.models as m
+
+    calls = []
+    monkeypatch.setattr(m, "_in_hub_cache", lambda repo: False)
+    monkeypatch.setattr(m, "hub_reachable", lambda *a, **k: calls.append(1) or False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE=1 forbids downloading"):
+        load_model("some-org/some-model")
+    assert calls == []  # offline: not even one connection attempt
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(UsageError, match="Hub is unreachable.*set HF_HUB_OFFLINE=1"):
+        load_model("some-org/some-model")
+    assert calls == [1]
+
+
+def test_hub_id_in_cache_loads_local_files_only(monkeypatch, tiny_model_dir):
+    import contrastkit.models as m
+
+    seen = {}
+    monkeypatch.setattr(m, "_in_hub_cache", lambda repo: True)
+    monkeypatch.setattr(m, "hub_reachable", lambda *a, **k: False)
+    kwargs = {}
+    m.check_hub(m.ModelSource("hub", "org/cached"), kwargs)
+    seen.update(kwargs)
+    assert seen == {"local_files_only": True}
+    kwargs = {}
+    m.check_hub(m.ModelSource("dir", str(tiny_model_dir)), kwargs)  # local sources are untouched
+    assert kwargs == {}
 
 
 def test_file_that_is_not_a_model(tmp_path):

@@ -181,13 +181,16 @@ def test_full_finetune_treg_uses_separate_reference(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("method", ["dpo", "hypo", "treg"])
-def test_shipped_yaml_configs_parse_and_flags_override(tmp_path, method):
+def test_shipped_yaml_configs_parse_and_flags_override(tmp_path, method, shared_data):
     from contrastkit.alignment.configs import ContrastDPOConfig, HyPOConfig, TREGConfig
+    from contrastkit.cli.common import CONFIG_DIR
     from contrastkit.cli.train_common import parse_configs
 
-    path = Path(__file__).resolve().parents[3] / "configs" / f"{method}_smollm2_hh.yaml"
-    assert path.read_text().splitlines()[0] == f"# contrastkit train {method} --config configs/{path.name}"
+    path = CONFIG_DIR / f"{method}_smollm2_hh.yaml"  # shipped in the package, passed by name
+    assert path.read_text().splitlines()[0] == f"# contrastkit train {method} --config {path.stem}"
     cls = {"dpo": ContrastDPOConfig, "hypo": HyPOConfig, "treg": TREGConfig}[method]
-    script, cfg = parse_configs("t", cls, ["--config", str(path), "--output_dir", str(tmp_path), "--max_steps", "3"])
+    hh = str(shared_data / "hh_rlhf" / "harmless-base_test.jsonl.gz")
+    script, cfg = parse_configs("t", cls, ["--config", path.stem, "--train_file", hh, "--output_dir", str(tmp_path),
+                                           "--max_steps", "3"])
     assert cfg.max_steps == 3 and cfg.save_steps == 20 and cfg.bf16 is False  # flag beats YAML, YAML beats default
     assert script.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"] and script.lora_r == 8
