@@ -8,6 +8,7 @@ the code that HF ``generate`` and pipelines run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
@@ -150,6 +151,8 @@ def generate(
     streamer=None,
     logits_processor=None,
     stopping_criteria=None,
+    repetition_penalty: float | None = None,
+    stop: str | Sequence[str] | None = None,
     progress: bool = False,
     **params: Any,
 ) -> list[GenerationResult]:
@@ -165,6 +168,10 @@ def generate(
         seed: seeds torch's RNG before each batch (and ``sample``'s generator unless given).
         streamer: an HF streamer (``TextStreamer``...), for a single prompt.
         logits_processor, stopping_criteria: extra HF processors / criteria.
+        repetition_penalty: HF's ``RepetitionPenaltyLogitsProcessor`` (CTRL rule, > 0; 1 = off). None = the
+            strategy's default: 1.2 for ``dola`` (DoLa's code and HF's docs), 1.0 (off) for the others.
+        stop: stop string(s): a row stops once its text ends with one (HF's ``StopStringCriteria``); the
+            stop string is kept in ``text`` / ``token_ids``, as HF keeps it.
         **params: the strategy's own parameters (validated by its config class).
 
     Returns:
@@ -182,6 +189,11 @@ def generate(
         raise UsageError(f"min_new_tokens must be in [0, max_new_tokens={max_new_tokens}], got {min_new_tokens}")
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    if repetition_penalty is None:
+        repetition_penalty = float(strat.generate_defaults.get("repetition_penalty", 1.0))
+    if not (isinstance(repetition_penalty, (int, float)) and repetition_penalty > 0):
+        raise UsageError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
+    stops = stop_strings(stop)
     if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
         prompts = [prompts]  # type: ignore[list-item]
     if not prompts:
@@ -194,6 +206,13 @@ def generate(
     if seed is not None and getattr(config, "seed", 0) is None:  # a strategy's own generator follows the run seed
         config = dataclasses.replace(config, seed=seed)
     gen_kwargs = strat.generate_kwargs(config)
+    active: list[str] = []
+    gen_kwargs["custom_generate"] = recording(gen_kwargs["custom_generate"], active)
+    criteria = list(stopping_criteria or [])
+    if stops:
+        from transformers import StopStringCriteria
+
+        criteria.append(StopStringCriteria(tokenizer=tokenizer, stop_strings=stops))
     if streamer is not None:
         gen_kwargs["token_streamer"] = streamer
     eos = eos_token_ids(model, tokenizer)
@@ -213,17 +232,20 @@ def generate(
         out = model.generate(
             input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens or None, pad_token_id=tokenizer.pad_token_id, do_sample=False,
-            logits_processor=logits_processor, stopping_criteria=stopping_criteria, **gen_kwargs,
+            repetition_penalty=float(repetition_penalty), logits_processor=logits_processor,
+            stopping_criteria=criteria or None, **gen_kwargs,
         )
         elapsed = time.perf_counter() - t0
         sequences = out.sequences if hasattr(out, "sequences") else out
         new = sequences[:, input_ids.shape[1]:].tolist()
         for (ids, text), row in zip(chunk, new):
-            row = trim_generated(row, eos)
+            row = trim_at_stop(tokenizer, trim_generated(row, eos), stops)
             results.append(GenerationResult(
                 prompt=text, text=tokenizer.decode(row, skip_special_tokens=True), token_ids=row,
                 strategy=strat.name, params=dict(gen_kwargs_for_record(config)), prompt_tokens=len(ids),
-                new_tokens=len(row), time_s=elapsed / len(chunk), extra={"batch_time_s": elapsed},
+                new_tokens=len(row), time_s=elapsed / len(chunk),
+                extra={"batch_time_s": elapsed, "repetition_penalty": float(repetition_penalty), "stop": stops,
+                       "processors": list(active)},
             ))
         if bar is not None:
             bar.update(len(chunk))
@@ -234,3 +256,47 @@ def generate(
 
 def gen_kwargs_for_record(config) -> dict:
     return {k: v for k, v in asdict(config).items() if not hasattr(v, "forward")}  # drop model objects
+
+
+def stop_strings(stop) -> list[str]:
+    """Normalise ``stop`` (None, a string, or a list of strings) to a list of non-empty strings."""
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else list(stop)
+    if not all(isinstance(x, str) and x for x in items):
+        raise UsageError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return items
+
+
+def trim_at_stop(tokenizer, new_ids: list[int], stops: list[str]) -> list[int]:
+    """Cut a row right after the first token whose text completes a stop string (pads after it go)."""
+    if not stops or not any(s in tokenizer.decode(new_ids) for s in stops):
+        return new_ids
+    lo, hi = 1, len(new_ids)  # smallest prefix whose text contains a stop string (monotone in the length)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(s in tokenizer.decode(new_ids[:mid]) for s in stops):
+            hi = mid
+        else:
+            lo = mid + 1
+    return new_ids[:lo]
+
+
+def describe_processor(proc) -> str:
+    """``ClassName(key=value, ...)`` of a logits processor's scalar settings, for the output records."""
+    fields = {k: v for k, v in vars(proc).items()
+              if not k.startswith("_") and isinstance(v, (int, float, str, bool)) and not isinstance(v, type)}
+    inner = ", ".join(f"{k}={v}" for k, v in sorted(fields.items()))
+    return f"{type(proc).__name__}({inner})"
+
+
+def recording(custom_generate, sink: list):
+    """Wrap a strategy callable so the processors HF hands it are written to ``sink`` (same signature)."""
+
+    @functools.wraps(custom_generate)
+    def wrapper(model, input_ids, logits_processor, stopping_criteria, generation_config, *args, **kwargs):
+        sink[:] = [describe_processor(p) for p in (logits_processor or [])]
+        return custom_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                               *args, **kwargs)
+
+    return wrapper

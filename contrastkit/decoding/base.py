@@ -45,6 +45,9 @@ class DecodingStrategy:
     summary: str
     scorer: Callable | None = None
     hf_kwargs: Callable[[Any], dict] | None = None  # maps a config onto model.generate kwargs; default: asdict
+    # generate-level options this strategy defaults differently (e.g. dola: repetition_penalty=1.2);
+    # applied by contrastkit.generate / the CLI when the caller gives no value
+    generate_defaults: dict = dataclasses.field(default_factory=dict)
 
     def make_config(self, **params):
         """Build and validate the strategy's config; unknown names raise with a did-you-mean."""
@@ -82,11 +85,13 @@ def register_strategy(
     *,
     scorer: Callable | None = None,
     hf_kwargs: Callable[[Any], dict] | None = None,
+    generate_defaults: dict | None = None,
 ) -> Callable[[Callable], Callable]:
     """Decorator: register a ``custom_generate`` callable as strategy ``name``; returns the callable unchanged."""
 
     def decorator(fn: Callable) -> Callable:
-        DECODERS.register(name, DecodingStrategy(name, config_cls, fn, summary, scorer, hf_kwargs))
+        DECODERS.register(name, DecodingStrategy(name, config_cls, fn, summary, scorer, hf_kwargs,
+                                                 dict(generate_defaults or {})))
         fn.strategy_name = name
         return fn
 

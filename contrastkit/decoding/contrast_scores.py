@@ -105,27 +105,40 @@ def first_near_max(values: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor
     return near.to(torch.uint8).argmax(dim=0)  # argmax returns the first maximal index
 
 
-def select_premature(mature: torch.Tensor, candidates: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
-    """DoLa's dynamic premature layer (eq. 3): the candidate with the largest JSD from the mature layer.
+def select_premature(
+    mature: torch.Tensor, exit_logprobs: Callable[[int], torch.Tensor], n_candidates: int, tolerance: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DoLa's dynamic premature layer (arXiv 2309.03883 section 2.2): the bucket layer whose early-exit
+    distribution has the largest JSD from the mature layer's, chosen per row and position.
 
-    Unlike HF (which averages the JSD over the batch and uses one layer for every row) the choice
-    is made per row, so a batch gives exactly what its rows give one by one.
+    This is the one implementation the decoder uses. Unlike HF (which averages the JSD over the
+    batch and uses one layer for every row) the choice is made per row, so a batch gives exactly
+    what its rows give one by one. Two passes keep at most one extra (..., V) candidate in memory:
+    the JSD of every candidate, then the first candidate within ``tolerance`` of the largest JSD
+    (:func:`first_near_max`), whose log-probs are recomputed only where some position chose it.
 
     Args:
         mature: (..., V) log-probs of the final layer.
-        candidates: (L, ..., V) log-probs of the L candidate layers.
-        tolerance: JSDs within this of the largest count as tied (see :func:`first_near_max`).
+        exit_logprobs: ``i -> (..., V)`` early-exit log-probs of bucket candidate ``i`` (0-based).
+        n_candidates: size L of the bucket (>= 1).
+        tolerance: JSDs within this of the largest count as tied; the earliest candidate wins.
     Returns:
-        (...) long indices into the L candidates (ties -> the first).
+        ``(best, idx)``: (..., V) log-probs of the chosen candidate and (...) long indices into the bucket.
+
+    Example: with mature = log[.5,.5], candidates log[.5,.5] (JSD 0) and log[.9,.1] (JSD > 0)
+    the second one is chosen (idx 1), whatever the order of the bucket.
     """
-    jsd = js_divergence(mature.unsqueeze(0), candidates)  # (L, ...)
-    return first_near_max(jsd, tolerance)
-
-
-def gather_layer(candidates: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Pick ``candidates[index[r], r]`` for every row. candidates: (L, ..., V), index: (...) -> (..., V)."""
-    idx = index.unsqueeze(0).unsqueeze(-1).expand(1, *candidates.shape[1:])
-    return candidates.gather(0, idx).squeeze(0)
+    first = exit_logprobs(0)  # the usual winner under ties: kept, not recomputed
+    if n_candidates == 1:
+        return first, torch.zeros(first.shape[:-1], dtype=torch.long, device=first.device)
+    jsd = [js_divergence(mature, first)] + [js_divergence(mature, exit_logprobs(i)) for i in range(1, n_candidates)]
+    idx = first_near_max(torch.stack(jsd), tolerance)  # (...)
+    best = first
+    # one host sync per step, as the decoding loop's own `unfinished.any()` already has
+    for i in idx.unique().tolist():
+        if i != 0:
+            best = torch.where((idx == i)[..., None], exit_logprobs(i), best)
+    return best, idx
 
 
 def fused_contrast_scores(

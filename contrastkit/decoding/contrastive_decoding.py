@@ -48,10 +48,9 @@ from contrastkit.decoding.amateur import (
 from contrastkit.decoding.base import finish, keep_finished_padded, register_strategy, stream
 from contrastkit.decoding.contrast_scores import (
     early_exit_logprobs,
-    first_near_max,
     fused_contrast_scores,
-    js_divergence,
     logprobs,
+    select_premature,
 )
 from contrastkit.errors import UsageError, check_range
 
@@ -127,6 +126,11 @@ PRESETS = {
     "lol": ("LOL (2408.08769, reconstructed): ICD + lower-layer contrast + truthfulness-refocus stream",
             dict(lower_layer="middle", lower_weight=0.5, refocus_weight=0.5)),
 }
+
+
+# Generate-level defaults of a preset (contrastkit.generate / the CLI; overridable): DoLa's code
+# (tfqa_eval.py) and HF's DoLa docs use repetition_penalty=1.2 for generation.
+GENERATE_DEFAULTS = {"dola": {"repetition_penalty": 1.2}}
 
 
 # Fields a preset fixes: they are not parameters of that preset (no flag, no YAML key), so a shared
@@ -241,27 +245,12 @@ class ContrastSession:
         return res
 
     def _premature(self, E, hidden):
-        """Expert early-exit log-probs at the JSD-selected bucket layer (per row/position) and its index.
-
-        Two passes, so that at most one (B, t, V) candidate is held at a time: the JSD of every
-        bucket layer, then the first layer within ``jsd_tolerance`` of the largest (per
-        row/position), whose log-probs are recomputed only where some position selected it.
-        """
-        def exit_lp(j):
+        """Expert early-exit log-probs at the JSD-selected bucket layer (per row/position) and its index."""
+        def exit_lp(i):
+            j = self.layers[i]
             return early_exit_logprobs(hidden[j], self.head, self.norm if j < self.N else None)
 
-        if len(self.layers) == 1:
-            lp = exit_lp(self.layers[0])
-            return lp, torch.zeros(lp.shape[:-1], dtype=torch.long, device=lp.device)
-        first = exit_lp(self.layers[0])  # the usual winner under ties: kept, not recomputed
-        jsd = [js_divergence(E, first)] + [js_divergence(E, exit_lp(j)) for j in self.layers[1:]]
-        idx = first_near_max(torch.stack(jsd), self.cfg.jsd_tolerance)  # (B, t)
-        best = first
-        # one host sync per step, as the loop's own `unfinished.any()` already has
-        for i in idx.unique().tolist():
-            if i != 0:
-                best = torch.where((idx == i)[..., None], exit_lp(self.layers[i]), best)
-        return best, idx
+        return select_premature(E, exit_lp, len(self.layers), self.cfg.jsd_tolerance)
 
     def _amateur_low(self, hidden, idx):
         stack = torch.stack([hidden[j] for j in self.layers])  # (L, B, t, d)
@@ -408,7 +397,7 @@ def _make_strategy(name: str):
         return session.score_after_prefix(cont_ids)
 
     scorer.prefix_scorer = prefix_scorer
-    register_strategy(name, cls, summary, scorer=scorer)(custom_generate)
+    register_strategy(name, cls, summary, scorer=scorer, generate_defaults=GENERATE_DEFAULTS.get(name))(custom_generate)
     return custom_generate, cls
 
 

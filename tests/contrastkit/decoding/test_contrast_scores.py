@@ -9,7 +9,6 @@ from contrastkit.decoding.contrast_scores import (
     early_exit_logprobs,
     first_near_max,
     fused_contrast_scores,
-    gather_layer,
     js_divergence,
     logprobs,
     plausibility_remove_mask,
@@ -61,14 +60,37 @@ def test_jsd_reference_nonnegative_symmetric():
 def test_select_premature_matches_argmax_and_single_bucket():
     mature = rand_lp(5, 40, seed=3)
     cands = torch.stack([rand_lp(5, 40, seed=s) for s in (4, 5, 6)])  # (L, B, V)
-    idx = select_premature(mature, cands)
+    best, idx = select_premature(mature, lambda i: cands[i], 3)
     ref = torch.stack([js_divergence(mature, c) for c in cands]).argmax(0)
     assert torch.equal(idx, ref)
-    assert torch.equal(gather_layer(cands, idx)[2], cands[idx[2], 2])
-    assert select_premature(mature, cands[:1]).tolist() == [0] * 5
+    for r in range(5):
+        assert torch.equal(best[r], cands[idx[r], r])
+    best1, idx1 = select_premature(mature, lambda i: cands[i], 1)
+    assert idx1.tolist() == [0] * 5 and torch.equal(best1, cands[0])
     # the mature layer itself in the bucket has JSD 0 and is never picked over a different layer
     both = torch.stack([mature, cands[0]])
-    assert select_premature(mature, both).tolist() == [1] * 5
+    assert select_premature(mature, lambda i: both[i], 2)[1].tolist() == [1] * 5
+
+
+def test_select_premature_hand_worked_separates_wrong_rules():
+    """Hand-computed JSDs: the right rule (largest JSD, per row) differs from 'first', 'last', 'smallest'.
+
+    mature = [.5, .5]; row 0's bucket: [.5, .5] (JSD 0), [.9, .1] (JSD 0.1017), [.6, .4] (JSD 0.0051).
+    Row 1 has the bucket in another order: [.6, .4], [.5, .5], [.9, .1] -> index 2.
+    """
+    mature = lp(0.5, 0.5).expand(2, 2)
+    rows = [[(0.5, 0.5), (0.9, 0.1), (0.6, 0.4)], [(0.6, 0.4), (0.5, 0.5), (0.9, 0.1)]]
+    cands = torch.stack([torch.stack([lp(*rows[r][i]) for r in range(2)]) for i in range(3)])  # (3, 2, 2)
+    best, idx = select_premature(mature, lambda i: cands[i], 3)
+    assert idx.tolist() == [1, 2]
+    assert torch.allclose(best.exp(), torch.tensor([[0.9, 0.1], [0.9, 0.1]]))
+    jsd = js_divergence(mature[0], lp(0.9, 0.1))
+    P, M = torch.tensor([0.9, 0.1]), torch.tensor([0.7, 0.3])
+    ref = 0.5 * (P * (P / M).log()).sum() + 0.5 * (0.5 * (0.5 / M).log()).sum()
+    assert abs(jsd.item() - ref.item()) < 1e-6 and abs(ref.item() - 0.1017) < 1e-3
+    calls = []
+    select_premature(mature, lambda i: calls.append(i) or cands[i], 3)
+    assert calls.count(0) == 1  # the first candidate is computed once, the winners recomputed only where chosen
 
 
 def test_first_near_max_breaks_near_ties_toward_the_first():

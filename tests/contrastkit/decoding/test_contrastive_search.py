@@ -44,8 +44,11 @@ MAKERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "gqa": tiny_gqa_llama}
 
 @torch.no_grad()
 def slow_reference(model, prompt: list[int], alpha: float, k: int, n_new: int, banned: int | None,
-                   skip_prompt: bool = False) -> list[int]:
+                   skip_prompt: bool = False, rep: float = 1.0) -> list[int]:
     """Cache-free contrastive search for one unpadded prompt; ``banned`` plays min_new_tokens' EOS ban.
+
+    ``rep`` plays HF's repetition penalty (CTRL rule on every token seen so far, prompt included):
+    p is the softmax of the *processed* logits, as in transformers 4.55.
 
     Each step runs a full forward (no cache) of the context for p(. | context), then one of the k
     sequences ``context + [candidate]``: causal attention makes positions ``< T`` of row 0 the
@@ -56,6 +59,8 @@ def slow_reference(model, prompt: list[int], alpha: float, k: int, n_new: int, b
         logits = model(torch.tensor([seq])).logits[0, -1].float()  # p(. | context)
         if banned is not None:
             logits[banned] = float("-inf")
+        for t in set(seq) if rep != 1.0 else ():
+            logits[t] = logits[t] * rep if logits[t] < 0 else logits[t] / rep
         top_p, top_i = torch.softmax(logits, -1).topk(k)
         rows = torch.tensor([seq + [v] for v in top_i.tolist()])  # (k, T + 1)
         hidden = model(rows, output_hidden_states=True).hidden_states[-1]  # (k, T + 1, H)
@@ -114,6 +119,16 @@ def test_matches_slow_cache_free_reference(arch, seed, alpha, k, tiny_tok):
     ids = tiny_tok(prompt)["input_ids"]
     fast = run(model, tiny_tok, [prompt], n_new=64, penalty_alpha=alpha, top_k=k)[0]
     assert fast == slow_reference(model, ids, alpha, k, 64, banned=tiny_tok.eos_token_id)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_repetition_penalty_matches_reference(arch, tiny_tok):
+    """p comes from the processed logits: with repetition_penalty=1.2 the reference applies it before softmax."""
+    model = MAKERS[arch](11, init_range=0.3)
+    ids = tiny_tok(PROMPTS[1])["input_ids"]
+    fast = run(model, tiny_tok, [PROMPTS[1]], n_new=48, repetition_penalty=1.2)[0]
+    assert fast == slow_reference(model, ids, 0.6, 4, 48, banned=tiny_tok.eos_token_id, rep=1.2)
+    assert fast != slow_reference(model, ids, 0.6, 4, 48, banned=tiny_tok.eos_token_id)  # the penalty matters
 
 
 def test_gqa_matches_slow_reference(tiny_tok):
