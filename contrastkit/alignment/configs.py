@@ -81,6 +81,9 @@ class HyPOConfig(DPOConfig):
         "help": "Sampling temperature. The estimator assumes samples from pi itself, i.e. 1.0; other values "
                 "bias it (use at your own risk)."})
     hypo_top_p: float = field(default=1.0, metadata={"help": "Nucleus top-p for sampling, (0, 1]; 1.0 = unbiased."})
+    hypo_eval_kl: bool = field(default=True, metadata={
+        "help": "At each evaluation, sample hypo_num_samples completions per eval prompt and log the held-out "
+                "reverse KL(pi || pi_ref) as eval_hypo/kl (the quantity HyPO is about; costs sampling)."})
     hypo_sampler: str = field(default="hf", metadata={
         "help": "Where samples come from: 'hf' (generate on the current policy); 'vllm-colocate' / 'vllm-server' "
                 "(vLLM through trl's VLLMGeneration, weights pushed every hypo_sync_every steps); 'vllm-lora' (LoRA "

@@ -19,7 +19,7 @@ from pathlib import Path
 from contrastkit.errors import UsageError
 from contrastkit.io import read_jsonl
 
-__all__ = ["load_preference_data", "normalize_row", "check_prompt_lengths", "HH_ASSISTANT"]
+__all__ = ["load_preference_data", "normalize_row", "check_prompt_lengths", "prompt_token_counts", "HH_ASSISTANT"]
 
 HH_ASSISTANT = "\n\nAssistant:"
 COLUMNS = ("prompt", "chosen", "rejected")
@@ -103,7 +103,7 @@ def _records_from_dataset(path: Path, split: str, limit: int | None) -> list[tup
 
 
 def load_preference_data(source: str | Path, *, split: str = "train", limit: int | None = None,
-                         offset: int = 0, drop_invalid: bool = False):
+                         offset: int = 0, drop_invalid: bool = False, dropped: list | None = None):
     """Load preference pairs as a ``datasets.Dataset`` with prompt/chosen/rejected columns.
 
     Args:
@@ -114,6 +114,7 @@ def load_preference_data(source: str | Path, *, split: str = "train", limit: int
         offset: skip this many rows first (e.g. to carve a held-out set out of one file).
         drop_invalid: drop malformed rows (e.g. an empty response; HH-RLHF has a few) instead of
             raising; ``limit`` then counts rows read, not rows kept.
+        dropped: with ``drop_invalid``, each dropped row is appended here as ``(row number, reason)``.
 
     Raises:
         UsageError: the source does not exist or a row is malformed (the message names the row).
@@ -134,31 +135,36 @@ def load_preference_data(source: str | Path, *, split: str = "train", limit: int
     for n, r in records[offset:]:
         try:
             rows.append(normalize_row(r, f"{source}:{n}"))
-        except UsageError:
+        except UsageError as e:
             if not drop_invalid:
                 raise
+            if dropped is not None:
+                dropped.append((n, str(e).split(": ", 1)[-1]))
     if not rows:
         raise UsageError(f"preference data '{source}' has no rows" + (f" after offset {offset}" if offset else ""))
     return datasets.Dataset.from_list(rows)
 
 
-def _prompt_token_counts(dataset, tokenizer) -> list[int]:
-    prompts = list(dataset["prompt"])
-    if prompts and isinstance(prompts[0], str):
-        return [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    return [len(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False))
-            for p in prompts]
+def prompt_token_counts(dataset, tokenizer) -> list[int]:
+    """Prompt length of each row as trl 1.16's DPOTrainer counts it: with the tokenizer's special tokens
+    (e.g. a BOS) or the chat template, up to where prompt and prompt+response tokenizations diverge."""
+    from contrastkit.alignment.token_rewards import tokenize_pairs
+
+    return [len(r["prompt_ids"]) for r in tokenize_pairs(dataset, tokenizer)]
 
 
-def check_prompt_lengths(dataset, tokenizer, max_length: int | None, *, drop: bool = False, name: str = "data"):
+def check_prompt_lengths(dataset, tokenizer, max_length: int | None, *, drop: bool = False, name: str = "data",
+                         truncation_mode: str = "keep_start", dropped: list | None = None):
     """Raise (or, with ``drop``, filter) rows whose tokenized prompt alone reaches ``max_length``.
 
-    trl would silently drop them; we make it an error by default so nothing vanishes unnoticed.
+    trl would silently drop them (with ``keep_start``; ``keep_end`` keeps the end of every row, so
+    nothing is checked then); we make it an error by default so nothing vanishes unnoticed. With
+    ``drop``, each dropped row is appended to ``dropped`` as ``(row number, reason)``.
     Returns the (possibly filtered) dataset.
     """
-    if max_length is None:
+    if max_length is None or truncation_mode == "keep_end":
         return dataset
-    counts = _prompt_token_counts(dataset, tokenizer)
+    counts = prompt_token_counts(dataset, tokenizer)
     long_rows = [i for i, c in enumerate(counts) if c >= max_length]
     if not long_rows:
         return dataset
@@ -166,6 +172,8 @@ def check_prompt_lengths(dataset, tokenizer, max_length: int | None, *, drop: bo
         keep = sorted(set(range(len(counts))) - set(long_rows))
         if not keep:
             raise UsageError(f"{name}: every prompt is at least max_length={max_length} tokens long")
+        if dropped is not None:
+            dropped += [(i + 1, f"prompt of {counts[i]} tokens >= max_length={max_length}") for i in long_rows]
         return dataset.select(keep)
     i = long_rows[0]
     raise UsageError(f"{name}: row {i + 1} has a prompt of {counts[i]} tokens, not shorter than max_length="

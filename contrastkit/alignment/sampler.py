@@ -57,21 +57,50 @@ class HFSampler:
     accelerator: object | None = None
     gradient_checkpointing_kwargs: dict | None = None
 
+    def generation_config(self, *, temperature: float, top_p: float, max_new_tokens: int):
+        """Only what the estimator allows: softmax(logits / T), optional top-p, every other processor neutral.
+
+        The model's own ``generation_config`` (repetition penalty, n-gram bans, min length,
+        suppressed or forced tokens, top-k, ...) must not reach the sampler: it would bias HyPO's
+        REINFORCE estimate, whose samples must come from pi itself.
+        """
+        from transformers import GenerationConfig
+
+        return GenerationConfig(
+            do_sample=True, num_beams=1, num_return_sequences=1, temperature=temperature, top_p=top_p, top_k=0,
+            min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
+            encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
+            min_length=0, min_new_tokens=0, max_new_tokens=max_new_tokens, bad_words_ids=None,
+            suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None, forced_eos_token_id=None,
+            sequence_bias=None, exponential_decay_length_penalty=None, renormalize_logits=False,
+            pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id, use_cache=True)
+
+    @staticmethod
+    def _generate(model, ids, mask, gen):
+        """``generate`` with ``gen`` also standing in for the model's own generation_config (transformers fills
+        every unset value from it), restored afterwards."""
+        target = model.get_base_model() if hasattr(model, "get_base_model") else model
+        saved = target.generation_config
+        target.generation_config = gen
+        try:
+            return model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        finally:
+            target.generation_config = saved
+
     @torch.no_grad()
     def sample(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, k: int, max_new_tokens: int,
                temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
         ids = prompt_ids.repeat_interleave(k, dim=0)  # (N*k, P)
         mask = prompt_mask.repeat_interleave(k, dim=0)  # (N*k, P)
-        kwargs = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-                      pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id, use_cache=True)
+        gen = self.generation_config(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         if self.accelerator is None:
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            out = self._generate(model, ids, mask, gen)
         else:
             from trl.models.utils import unwrap_model_for_generation
 
             with unwrap_model_for_generation(model, self.accelerator,
                                              gradient_checkpointing_kwargs=self.gradient_checkpointing_kwargs) as m:
-                out = m.generate(input_ids=ids, attention_mask=mask, **kwargs)
+                out = self._generate(m, ids, mask, gen)
         completions = out[:, ids.shape[1]:]  # (N*k, C)
         mask = completion_mask_until_eos(completions, self.eos_token_id)
         return completions.masked_fill(mask == 0, self.pad_token_id), mask

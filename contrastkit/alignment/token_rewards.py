@@ -27,7 +27,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from contrastkit.alignment.losses import token_rewards_from_logps
 
 __all__ = ["tokenize_pairs", "context_ids", "completion_logps", "compute_token_rewards", "cached_token_rewards",
-           "TokenRewardCollator", "render_heatmap", "reference_model_hash"]
+           "TokenRewardCollator", "render_heatmap", "reference_model_hash", "reference_adapter", "reference_context"]
 
 COLUMNS = ("chosen_token_rewards", "rejected_token_rewards")
 
@@ -78,13 +78,25 @@ def tokenize_pairs(dataset, tokenizer) -> list[dict]:
     return rows
 
 
+def _check_truncation_mode(mode: str) -> None:
+    if mode not in ("keep_start", "keep_end"):
+        from contrastkit.errors import UsageError
+
+        raise UsageError(f"truncation_mode must be 'keep_start' or 'keep_end', got {mode!r}")
+
+
 @torch.no_grad()
 def completion_logps(model, contexts: list[list[int]], completions: list[list[int]], pad_token_id: int,
-                     batch_size: int = 4) -> list[torch.Tensor]:
+                     batch_size: int = 4, progress: bool = False) -> list[torch.Tensor]:
     """Per-token log-probs of each completion given its context: a list of (len(completion),) fp32 tensors."""
     device = next(model.parameters()).device
     out: list[torch.Tensor] = []
-    for start in range(0, len(contexts), batch_size):
+    starts = range(0, len(contexts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="T-REG token rewards (reference forwards)", unit="batch")
+    for start in starts:
         ctx, comp = contexts[start:start + batch_size], completions[start:start + batch_size]
         rows = [torch.tensor(c + y, dtype=torch.long) for c, y in zip(ctx, comp)]
         ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_token_id).to(device)
@@ -99,16 +111,22 @@ def completion_logps(model, contexts: list[list[int]], completions: list[list[in
 
 
 def compute_token_rewards(model, tokenizer, dataset, better_template: str, worse_template: str, *,
-                          max_length: int | None = None, batch_size: int = 4) -> dict[str, list[list[float]]]:
+                          max_length: int | None = None, batch_size: int = 4, truncation_mode: str = "keep_start",
+                          progress: bool = False) -> dict[str, list[list[float]]]:
     """T-REG rewards for every row of a trl-tokenized dataset (``prompt``, ``chosen_ids``, ``rejected_ids``).
 
-    Tokens past ``max_length - len(prompt_ids)`` (cut by the collator anyway) get reward 0 and are
-    not scored. Returns ``{"chosen_token_rewards": [...], "rejected_token_rewards": [...]}`` with one
-    list per row, as long as that row's ``chosen_ids``/``rejected_ids``.
+    With ``truncation_mode="keep_start"``, tokens past ``max_length - len(prompt_ids)`` (cut by the
+    collator anyway) get reward 0 and are not scored; with ``"keep_end"`` the collator keeps the end
+    of the sequence, so every completion token is scored. Returns
+    ``{"chosen_token_rewards": [...], "rejected_token_rewards": [...]}`` with one list per row, as
+    long as that row's ``chosen_ids``/``rejected_ids``. ``progress`` shows a tqdm bar.
     """
+    _check_truncation_mode(truncation_mode)
     contexts, completions, spans = [], [], []
     for row in dataset:
-        keep = None if max_length is None else max(0, max_length - len(row["prompt_ids"]))
+        keep = None
+        if max_length is not None and truncation_mode == "keep_start":
+            keep = max(0, max_length - len(row["prompt_ids"]))
         better = context_ids(tokenizer, row["prompt"], better_template)
         worse = context_ids(tokenizer, row["prompt"], worse_template)
         for col in ("chosen_ids", "rejected_ids"):
@@ -116,7 +134,7 @@ def compute_token_rewards(model, tokenizer, dataset, better_template: str, worse
             contexts += [better, worse]
             completions += [ids, ids]
             spans.append(len(row[col]))
-    logps = completion_logps(model, contexts, completions, tokenizer.pad_token_id, batch_size)
+    logps = completion_logps(model, contexts, completions, tokenizer.pad_token_id, batch_size, progress=progress)
     rewards = []
     for j, full_len in enumerate(spans):
         r = token_rewards_from_logps(logps[2 * j], logps[2 * j + 1])  # (kept,)
@@ -124,31 +142,33 @@ def compute_token_rewards(model, tokenizer, dataset, better_template: str, worse
     return {COLUMNS[0]: rewards[0::2], COLUMNS[1]: rewards[1::2]}
 
 
-def reference_model_hash(model) -> str:
-    """Content hash of a model's non-adapter weights (LoRA tensors excluded: the reference is the base)."""
+def reference_model_hash(model, adapter_name: str | None = None) -> str:
+    """Content hash of the weights that make the reference: the base weights, plus the LoRA tensors of
+    ``adapter_name`` when the reference is that adapter (trl's frozen ``ref`` copy of a loaded adapter).
+    Other adapters (the policy being trained) are excluded."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        if "lora_" in name:
+        if "lora_" in name and (adapter_name is None or f".{adapter_name}." not in name):
             continue
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
-def _dataset_hash(dataset, better: str, worse: str, max_length, model_hash: str) -> str:
-    h = hashlib.sha256(json.dumps([better, worse, max_length, model_hash]).encode())
+def _dataset_hash(dataset, better: str, worse: str, max_length, model_hash: str, truncation_mode: str) -> str:
+    h = hashlib.sha256(json.dumps([better, worse, max_length, model_hash, truncation_mode]).encode())
     for col in ("prompt_ids", "chosen_ids", "rejected_ids", "prompt"):
         h.update(json.dumps(list(dataset[col])).encode())
     return h.hexdigest()[:16]
 
 
 def cached_token_rewards(dataset, cache_dir: str | Path, name: str, compute, *, model_hash: str, better: str,
-                         worse: str, max_length) -> tuple:
+                         worse: str, max_length, truncation_mode: str = "keep_start") -> tuple:
     """Add the reward columns to ``dataset``, computing them with ``compute()`` only on a cache miss.
 
     Returns ``(dataset_with_columns, cache_path, was_cached)``. The cache file is written atomically.
     """
-    key = _dataset_hash(dataset, better, worse, max_length, model_hash)
+    key = _dataset_hash(dataset, better, worse, max_length, model_hash, truncation_mode)
     path = Path(cache_dir) / f"treg_token_rewards-{name}-{key}.json"
     was_cached = path.is_file()
     if was_cached:
@@ -170,31 +190,44 @@ def cached_token_rewards(dataset, cache_dir: str | Path, name: str, compute, *, 
 class TokenRewardCollator(DataCollatorForPreference):
     """trl's preference collator plus a ``token_rewards`` (2B, L) float tensor aligned with ``input_ids``.
 
-    Rewards are 0 on prompt and padding, truncated exactly like the ids (keep_start, ``max_length``).
+    Rewards are 0 on prompt and padding, truncated exactly like the ids (``max_length`` with trl's
+    ``truncation_mode``: keep_start keeps the first tokens, keep_end the last ones).
     """
 
     def torch_call(self, examples):
         out = super().torch_call(examples)
         if COLUMNS[0] not in examples[0]:
             return out
+        _check_truncation_mode(self.truncation_mode)
+        cut = slice(None)
+        if self.max_length is not None:
+            cut = slice(None, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
         width = out["input_ids"].shape[1]
         rows = []
         for col in COLUMNS:
             for ex in examples:
-                row = [0.0] * len(ex["prompt_ids"]) + list(ex[col])
-                row = row[: self.max_length] if self.max_length is not None else row
+                row = ([0.0] * len(ex["prompt_ids"]) + list(ex[col]))[cut]
                 rows.append(row + [0.0] * (width - len(row)))
         out["token_rewards"] = torch.tensor(rows, dtype=torch.float32)  # (2B, L)
         return out
 
 
+def reference_adapter(trainer) -> str | None:
+    """Name of the adapter that is the reference (trl's frozen ``ref`` copy of a loaded adapter), else None."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if trainer.ref_model is None and "ref" in getattr(model, "peft_config", {}):
+        return "ref"
+    return None
+
+
 def reference_context(trainer):
-    """``(model, context)`` that computes the frozen reference: base weights with the adapter off, or ref_model."""
+    """``(model, context)`` that computes the frozen reference: base weights with the adapter off (or trl's
+    ``ref`` adapter when a trained adapter was loaded), or ref_model."""
     from trl.trainer.utils import use_adapter
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     if trainer.ref_model is None and hasattr(model, "peft_config"):
-        return model, use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
+        return model, use_adapter(model, adapter_name=reference_adapter(trainer))
     if trainer.ref_model is not None:
         return trainer.accelerator.unwrap_model(trainer.ref_model), contextlib.nullcontext()
     return model, contextlib.nullcontext()  # full fine-tune before step 0: the policy is the reference

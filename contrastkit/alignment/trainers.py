@@ -30,7 +30,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from contrastkit.alignment.losses import get_loss, loo_reverse_kl_surrogate, treg_regularizer
 from contrastkit.registry import TRAINERS
 
-__all__ = ["ContrastDPOTrainer", "HyPOTrainer", "TREGTrainer", "TRAINER_CLASSES"]
+__all__ = ["ContrastDPOTrainer", "HyPOTrainer", "TREGTrainer", "TRAINER_CLASSES", "HYPO_LOSS_PARTS"]
 
 
 class _Capture:
@@ -68,7 +68,10 @@ def _dpo_terms(trainer, model, inputs, return_outputs: bool) -> dict:
         ref_chosen, ref_rejected = ref_tok.sum(dim=1).chunk(2)
     losses, chosen_rewards, rejected_rewards = get_loss(trainer.args.loss)(
         chosen_logps, rejected_logps, ref_chosen, ref_rejected, beta=trainer.beta)
-    return {"loss": losses.mean(), "policy_tok": policy_tok, "ref_tok": ref_tok, "mask": mask,
+    loss = losses.mean()
+    if trainer.aux_loss_enabled:  # MoE load balancing, added exactly as trl's _compute_loss adds it
+        loss = loss + trainer.router_aux_loss_coef * policy_out.aux_loss
+    return {"loss": loss, "pref_loss": losses.mean(), "policy_tok": policy_tok, "ref_tok": ref_tok, "mask": mask,
             "outputs": trl_result[1] if return_outputs else None}
 
 
@@ -155,9 +158,13 @@ class HyPOTrainer(DPOTrainer):
     Every training micro-batch samples ``hypo_num_samples`` completions for each of its prompts
     from the current policy (``hypo_sampler``: HF generate by default) and adds ``hypo_lambda``
     times the leave-one-out REINFORCE surrogate (:func:`~contrastkit.alignment.losses.loo_reverse_kl_surrogate`).
-    Logs ``hypo/kl`` (mean sequence KL estimate), ``hypo/kl_per_token``, ``hypo/gen_len``,
-    ``hypo/eos_rate``, ``hypo/dpo_loss`` and the sampling/loss seconds beside trl's DPO metrics.
-    With ``hypo_lambda=0`` nothing is sampled and the loss is DPO's. Eval loss is DPO's alone.
+    Logs the two parts of the loss separately (:data:`HYPO_LOSS_PARTS`): ``hypo/dpo_loss`` (the DPO
+    part) and ``hypo/kl_loss`` (``lambda *`` the surrogate, whose value is not the KL; its gradient is
+    that of ``lambda * KL``), beside ``hypo/kl`` (the mean sequence KL estimate), ``hypo/kl_per_token``,
+    ``hypo/gen_len``, ``hypo/eos_rate``, the sampling/loss seconds and trl's DPO metrics. With
+    ``hypo_lambda=0`` nothing is sampled and the loss is DPO's. Eval loss is DPO's alone; with
+    ``hypo_eval_kl`` each evaluation also samples on the eval prompts and logs the held-out reverse
+    KL to the reference as ``eval_hypo/kl``.
     """
 
     def __init__(self, *args, sampler=None, **kwargs):
@@ -178,8 +185,13 @@ class HyPOTrainer(DPOTrainer):
         terms = _dpo_terms(self, model, inputs, return_outputs)
         loss = terms["loss"]
         if self.model.training and self.args.hypo_lambda > 0:
-            _log(self, "hypo/dpo_loss", loss)
-            loss = loss + self.args.hypo_lambda * online_kl_term(self, inputs)
+            kl_term = self.args.hypo_lambda * online_kl_term(self, inputs)
+            _log(self, "hypo/dpo_loss", terms["pref_loss"])
+            _log(self, "hypo/kl_loss", kl_term)
+            loss = loss + kl_term
+        elif not self.model.training and self.args.hypo_eval_kl:
+            with torch.no_grad():  # held-out reverse KL to the reference, logged as eval_hypo/kl; eval loss stays DPO's
+                online_kl_term(self, inputs)
         return _finish(loss, terms, return_outputs)
 
 
@@ -215,6 +227,7 @@ class TREGTrainer(DPOTrainer):
         from contrastkit.alignment.token_rewards import (
             cached_token_rewards,
             compute_token_rewards,
+            reference_adapter,
             reference_context,
             reference_model_hash,
         )
@@ -226,14 +239,18 @@ class TREGTrainer(DPOTrainer):
         def compute():
             with ctx, torch.no_grad():
                 return compute_token_rewards(model, tok, dataset, args.treg_better_template, args.treg_worse_template,
-                                             max_length=args.max_length, batch_size=args.treg_reward_batch_size)
+                                             max_length=args.max_length, batch_size=args.treg_reward_batch_size,
+                                             truncation_mode=args.truncation_mode,
+                                             progress=not args.disable_tqdm and self.accelerator.is_main_process)
 
         t0 = time.perf_counter()
         with args.main_process_first(desc=f"T-REG token rewards ({name})"):
             dataset, path, cached = cached_token_rewards(
-                dataset, args.output_dir, name, compute, model_hash=reference_model_hash(model),
-                better=args.treg_better_template, worse=args.treg_worse_template, max_length=args.max_length)
-        self.treg_cache[name] = {"path": str(path), "cached": cached, "seconds": time.perf_counter() - t0}
+                dataset, args.output_dir, name, compute, model_hash=reference_model_hash(model, reference_adapter(self)),
+                better=args.treg_better_template, worse=args.treg_worse_template, max_length=args.max_length,
+                truncation_mode=args.truncation_mode)
+        self.treg_cache[name] = {"path": str(path), "cached": cached, "seconds": time.perf_counter() - t0,
+                                 "rows": len(dataset)}
         return dataset
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -243,12 +260,20 @@ class TREGTrainer(DPOTrainer):
         if token_rewards is not None and self.args.treg_alpha > 0:
             reg, weights = treg_regularizer(terms["policy_tok"], terms["ref_tok"], token_rewards[:, 1:],
                                             terms["mask"], beta=self.beta, reduction=self.args.treg_token_reduction)
-            _log(self, "treg/dpo_loss", loss)
+            _log(self, "treg/dpo_loss", terms["pref_loss"])
             _log(self, "treg/reg", reg)
             _log(self, "treg/weight", weights)
             loss = loss + self.args.treg_alpha * reg.mean()
         return _finish(loss, terms, return_outputs)
 
+
+HYPO_LOSS_PARTS = {
+    "loss": "hypo/dpo_loss + hypo/kl_loss (+ MoE aux loss)",
+    "hypo/dpo_loss": "DPO part: mean preference loss on the offline pairs",
+    "hypo/kl_loss": "KL part: hypo_lambda * leave-one-out REINFORCE surrogate on online samples (its value is "
+                    "not the KL; its gradient is hypo_lambda * grad KL(pi || pi_ref))",
+    "hypo/kl": "estimate of KL(pi || pi_ref) per sequence on the online samples (eval_hypo/kl: held-out prompts)",
+}
 
 TRAINER_CLASSES = {"dpo": ContrastDPOTrainer, "hypo": HyPOTrainer, "treg": TREGTrainer}
 for _name, _cls in TRAINER_CLASSES.items():

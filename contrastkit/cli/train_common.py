@@ -101,16 +101,36 @@ def parse_configs(prog: str, config_cls: type, argv: list[str]):
     return script, cfg
 
 
-def load_data(script: TrainScriptConfig):
+def load_data(script: TrainScriptConfig, dropped: dict | None = None):
+    """``(train, eval)`` datasets; rows dropped by ``skip_invalid_rows`` go to ``dropped[name]`` as (row, reason)."""
     from contrastkit.alignment.data import load_preference_data
 
+    dropped = {} if dropped is None else dropped
     train = load_preference_data(script.train_file, split=script.train_split, limit=script.limit,
-                                 offset=script.offset, drop_invalid=script.skip_invalid_rows)
+                                 offset=script.offset, drop_invalid=script.skip_invalid_rows,
+                                 dropped=dropped.setdefault("train", []))
     evals = None
     if script.eval_file:
         evals = load_preference_data(script.eval_file, split=script.eval_split, limit=script.eval_limit,
-                                     drop_invalid=script.skip_invalid_rows)
+                                     drop_invalid=script.skip_invalid_rows, dropped=dropped.setdefault("eval", []))
     return train, evals
+
+
+def report_dropped(dropped: dict, files: dict) -> dict:
+    """Print one line per data set that lost rows (count, reasons, first row numbers); return the summary entry."""
+    import sys
+    from collections import Counter
+
+    out = {}
+    for name, rows in dropped.items():
+        if not rows:
+            continue
+        reasons = Counter(reason.split(" (")[0] for _, reason in rows)
+        first = ", ".join(str(n) for n, _ in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        why = "; ".join(f"{c}x {r}" for r, c in reasons.most_common())
+        print(f"dropped {len(rows)} rows of {files[name]} ({name}): {why} (rows {first})", file=sys.stderr)
+        out[name] = {"count": len(rows), "reasons": dict(reasons), "rows": [n for n, _ in rows]}
+    return out
 
 
 def load_tokenizer(name_or_path: str):
@@ -152,11 +172,15 @@ def run_training(method: str, script: TrainScriptConfig, cfg, *, trainer_kwargs:
     from contrastkit.alignment.data import check_prompt_lengths
     from contrastkit.registry import TRAINERS
 
-    train, evals = load_data(script)
+    dropped: dict = {}
+    train, evals = load_data(script, dropped)
     tok = load_tokenizer(script.model)
-    train = check_prompt_lengths(train, tok, cfg.max_length, drop=script.skip_long_prompts, name=script.train_file)
+    check = dict(drop=script.skip_long_prompts, truncation_mode=cfg.truncation_mode)
+    train = check_prompt_lengths(train, tok, cfg.max_length, name=script.train_file, dropped=dropped["train"], **check)
     if evals is not None:
-        evals = check_prompt_lengths(evals, tok, cfg.max_length, drop=script.skip_long_prompts, name=script.eval_file)
+        evals = check_prompt_lengths(evals, tok, cfg.max_length, name=script.eval_file, dropped=dropped["eval"],
+                                     **check)
+    dropped = report_dropped(dropped, {"train": script.train_file, "eval": script.eval_file})
     resume = resolve_resume(cfg.resume_from_checkpoint, cfg.output_dir)
     cfg.resume_from_checkpoint = resume
     from contrastkit.models import load_model
@@ -170,7 +194,12 @@ def run_training(method: str, script: TrainScriptConfig, cfg, *, trainer_kwargs:
     summary = {"method": method, "model": script.model, "global_step": trainer.state.global_step,
                "num_processes": trainer.accelerator.num_processes,
                "resumed_from": resume, "train_loss": result.training_loss, "metrics": result.metrics,
-               "log_history": trainer.state.log_history, "treg_cache": getattr(trainer, "treg_cache", None)}
+               "log_history": trainer.state.log_history, "treg_cache": getattr(trainer, "treg_cache", None),
+               "dropped_rows": dropped, "train_rows": len(train), "eval_rows": None if evals is None else len(evals)}
+    if method == "hypo":
+        from contrastkit.alignment.trainers import HYPO_LOSS_PARTS
+
+        summary["loss_parts"] = HYPO_LOSS_PARTS
     if hasattr(getattr(trainer, "_sampler", None), "summary"):  # issue 15: sync_every, staleness, off_policy
         summary["sampler"] = trainer._sampler.summary()
     if trainer.accelerator.is_main_process:

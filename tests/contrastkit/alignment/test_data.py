@@ -70,3 +70,57 @@ def test_prompt_length_check_error_or_drop(tiny_tok):
         check_prompt_lengths(ds, tiny_tok, 10)
     assert len(check_prompt_lengths(ds, tiny_tok, 10, drop=True)) == 1
     assert check_prompt_lengths(ds, tiny_tok, None) is ds
+
+
+def bos_tokenizer():
+    """The tiny test tokenizer, but adding a BOS to every encoded text (as Llama-style tokenizers do)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    from contrastkit.testing import tiny_tokenizer
+
+    tok = copy.deepcopy(tiny_tokenizer())
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    assert tok("the cat")["input_ids"][0] == 1
+    return tok
+
+
+def test_prompt_length_check_counts_as_trl_counts_with_a_bos_tokenizer(tmp_path):
+    """trl counts the BOS: a prompt of n words-tokens is n + 1 long, and trl drops it at max_length = n + 1.
+    Our check must flag exactly the rows trl drops (here the 3-token prompt at max_length 4, and not the
+    2-token one)."""
+    import datasets
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from contrastkit.testing import tiny_llama
+
+    tok = bos_tokenizer()
+    rows = [{"prompt": "the cat saw", "chosen": " a dog", "rejected": " no"},
+            {"prompt": "the cat", "chosen": " a dog", "rejected": " no"}]
+    assert [len(tok(r["prompt"], add_special_tokens=False)["input_ids"]) for r in rows] == [3, 2]
+    ds = datasets.Dataset.from_list(rows)
+    with pytest.raises(UsageError, match="row 1 has a prompt of 4 tokens, not shorter than max_length=4"):
+        check_prompt_lengths(ds, tok, 4)
+    dropped = []
+    kept = check_prompt_lengths(ds, tok, 4, drop=True, dropped=dropped)
+    assert kept["prompt"] == ["the cat"] and dropped == [(1, "prompt of 4 tokens >= max_length=4")]
+    trl_kept = DPOTrainer(model=tiny_llama(), args=DPOConfig(output_dir=str(tmp_path), max_length=4, use_cpu=True,
+                                                              report_to="none", bf16=False),
+                          train_dataset=ds, processing_class=tok,
+                          peft_config=LoraConfig(r=2, target_modules=["q_proj"])).train_dataset
+    assert trl_kept["prompt"] == kept["prompt"]
+    # keep_end: trl keeps the end of every row and drops nothing, so neither do we
+    assert len(check_prompt_lengths(ds, tok, 4, truncation_mode="keep_end")) == 2
+
+
+def test_dropped_invalid_rows_are_reported_with_reason(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": " ", "rejected": "c"},
+        {"prompt": "a", "rejected": "c"}]) + "\n")
+    dropped = []
+    ds = load_preference_data(path, drop_invalid=True, dropped=dropped)
+    assert len(ds) == 1
+    assert dropped == [(2, "empty 'chosen' response"), (3, dropped[1][1])] and "missing column 'chosen'" in dropped[1][1]

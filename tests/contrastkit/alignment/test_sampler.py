@@ -114,3 +114,53 @@ def test_make_sampler_registry(tiny_tok):
     assert isinstance(s, VLLMHTTPSampler) and s.base_url == "http://127.0.0.1:1"
     with pytest.raises(UsageError, match="Did you mean 'vllm-http'"):
         make_sampler("vllm_http", tiny_tok)
+
+
+def _plain_softmax_sampling(model, prompt, k, max_new_tokens, temperature, eos, pad):
+    """From-scratch reference: full forward each step, softmax(logits / T), one multinomial draw per step for the
+    whole batch (as HF draws), rows frozen to pad after their EOS, stop when every row has ended."""
+    ids = torch.tensor([prompt] * k)
+    done = torch.zeros(k, dtype=torch.bool)
+    out = []
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[:, -1].float()
+        nxt = torch.multinomial(torch.softmax(logits / temperature, -1), num_samples=1).squeeze(1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        out.append(nxt)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        done |= nxt == eos
+        if done.all():
+            break
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_hf_sampler_ignores_the_models_generation_config(tiny_tok, peft):
+    """A model whose generation_config sets penalties, bans, a min length and top-k still gets samples from
+    softmax(logits / T): equal, draw for draw under one seed, to a plain sampling loop."""
+    from contrastkit.testing import tiny_llama
+
+    model = tiny_llama(init_range=0.4)
+    g = model.generation_config
+    g.repetition_penalty, g.no_repeat_ngram_size, g.top_k, g.top_p = 5.0, 1, 3, 0.5
+    g.min_new_tokens, g.suppress_tokens, g.bad_words_ids, g.temperature = 4, [7, 8], [[9]], 0.3
+    if peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    prompt = tiny_tok("the cat saw")["input_ids"]
+    eos, pad, temp = tiny_tok.eos_token_id, tiny_tok.pad_token_id, 1.7
+    sampler = HFSampler(pad, eos)
+    ids = torch.tensor([prompt])
+    torch.manual_seed(11)
+    got, keep = sampler.sample(model, ids, torch.ones_like(ids), k=4, max_new_tokens=8, temperature=temp)
+    torch.manual_seed(11)
+    expected = _plain_softmax_sampling(model, prompt, 4, 8, temp, eos, pad)
+    assert torch.equal(got, expected)
+    assert model.generation_config.repetition_penalty == 5.0  # the model's own config is restored
+    # the probe is sharp enough to see the model's config: sampling through it gives other tokens
+    torch.manual_seed(11)
+    biased = model.generate(input_ids=ids.repeat(4, 1), attention_mask=torch.ones_like(ids).repeat(4, 1),
+                            do_sample=True, temperature=temp, max_new_tokens=8, pad_token_id=pad)[:, ids.shape[1]:]
+    assert not torch.equal(biased[:, : got.shape[1]], got)

@@ -122,6 +122,17 @@ def test_hypo_online_term_matches_unpadded_reference(tmp_path):
     captured = {}
     real = trainer._sampler.sample
     trainer._sampler.sample = lambda *a, **k: captured.setdefault("c", real(*a, **k))
+    real_generate, eos, pad = trainer.model.generate, trainer.processing_class.eos_token_id, trainer.processing_class.pad_token_id
+
+    def generate_with_an_early_eos(input_ids, **kw):  # real samples, but rows 0 and 4 end in EOS at step 2
+        out = real_generate(input_ids=input_ids, **kw)
+        out = torch.cat([out, torch.full((out.shape[0], 5 - (out.shape[1] - input_ids.shape[1])), pad)], dim=1)
+        for row in (0, 4):
+            out[row, input_ids.shape[1] + 1] = eos
+            out[row, input_ids.shape[1] + 2:] = pad
+        return out
+
+    trainer.model.generate = generate_with_an_early_eos
     batch = trainer.data_collator([trainer.train_dataset[i] for i in (0, 3)])  # prompts of different lengths
     trainer.model.train()
     params = [p for n, p in trainer.model.named_parameters() if p.requires_grad]
@@ -131,6 +142,9 @@ def test_hypo_online_term_matches_unpadded_reference(tmp_path):
 
     tok, k, (comps, _) = trainer.processing_class, 3, captured["c"]
     keep = completion_mask_until_eos(comps, tok.eos_token_id).bool()  # up to and including the first EOS
+    ended = (comps == eos).any(dim=1)
+    assert ended.any() and not ended.all()  # the EOS path and the cap path are both run
+    assert keep[0].tolist() == [True, True, False, False, False]
     half = batch["input_ids"].shape[0] // 2
     pol, ref = [], []
     for row in range(comps.shape[0]):
