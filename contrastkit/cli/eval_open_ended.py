@@ -35,10 +35,16 @@ def add_run_arguments(p: ArgumentParser) -> None:
     p.add_argument("--strategy_args", default=None,
                    help='JSON mapping strategy -> its parameters, e.g. \'{"sample": {"top_p": 0.95}}\'')
     p.add_argument("--amateur", default=None, help="amateur model, passed to every strategy that takes 'amateur'")
-    p.add_argument("--output_dir", required=True, help="directory for records, summary.json, results.md, plots")
+    p.add_argument("--label", default=None, help=(
+        "run label(s), one per strategy, comma-separated (default: the strategy name plus a short hash of its "
+        "parameters); records go to records/<label>.jsonl"))
+    p.add_argument("--output_dir", required=True, help=(
+        "directory for records, summary.json, results.md, plots; the report covers every run recorded there"))
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--chunk_size", type=int, default=None, help="items per cache flush (default: 32 for TruthfulQA MC, 8 otherwise)")
-    p.add_argument("--overwrite", action="store_true", help="recompute instead of resuming a cached run")
+    p.add_argument("--overwrite", action="store_true", help=(
+        "recompute this invocation's runs instead of resuming (needed when the data, model, adapter, amateur, "
+        "preset or strategy parameters changed)"))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's); 1 is much faster on an oversubscribed CPU")
@@ -90,7 +96,7 @@ def run(argv: list[str]) -> int:
     args = parse_with_config(build_parser(), argv)
     cfg = build_dataclass(OpenEndedConfig, vars(args))
     specs = parse_strategies(args.strategies or "greedy", parse_strategy_args(args.strategy_args),
-                             {"amateur": args.amateur})
+                             {"amateur": args.amateur}, labels=args.label)
     if cfg.mauve:
         import importlib.util
 

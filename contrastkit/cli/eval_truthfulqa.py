@@ -6,8 +6,11 @@ Example::
         --data ../shared/data/truthfulqa/hub_013686a/mc_task.json --preset qa-primer --limit 100 \\
         --output_dir runs/tqa
 
-Writes ``records/<strategy>.jsonl`` (resumable), ``summary.json``, ``results.md`` and plots to
-``--output_dir``; rerunning the same command continues where an interrupted run stopped.
+Writes ``records/<label>.jsonl`` (resumable; label = strategy + a short parameter hash, or
+``--label``), ``summary.json``, ``results.md`` and plots to ``--output_dir``; rerunning the same
+command continues where an interrupted run stopped, and the report covers every run in the directory.
+A changed data file, model, adapter, amateur, preset or strategy parameter is refused (naming the
+field) unless ``--overwrite``; ``--limit`` and ``--batch_size`` never force a recompute.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def run(argv: list[str]) -> int:
             raise UsageError(f"unknown --mode '{m}'.{did_you_mean(m, MODES)} Known: {', '.join(MODES)}")
     cfg = build_dataclass(TruthfulQAConfig, vars(args))
     specs = parse_strategies(args.strategies or "greedy", parse_strategy_args(args.strategy_args),
-                             {"amateur": args.amateur})
+                             {"amateur": args.amateur}, labels=args.label)
     model, tok = load_run_model(args)
     for m in modes:
         module, _, attr = MODES[m].partition(":")
@@ -61,6 +64,8 @@ def run(argv: list[str]) -> int:
                                  overwrite=bool(args.overwrite), model_name=args.model, progress=not args.quiet)
         from pathlib import Path
 
+        for w in summary.get("warnings", []):
+            print(f"warning: {w}", file=sys.stderr)
         print((Path(out) / "results.md").read_text())
         print(f"wrote {out}/summary.json, results.md, {', '.join(summary.get('plots', []))}", file=sys.stderr)
     return 0

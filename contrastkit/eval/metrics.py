@@ -205,13 +205,16 @@ def rouge_scores(prediction: str, reference: str) -> dict[str, float]:
 
 
 def reference_similarity(prediction: str, true_refs: Sequence[str], false_refs: Sequence[str]) -> dict[str, float]:
-    """BLEU, ROUGE-1 and ROUGE-L ``max`` (best true), ``diff`` (best true - best false), ``acc`` (1[diff > 0])."""
+    """BLEU, ROUGE-1/2/L ``max`` (best true), ``diff`` (best true - best false), ``acc`` (1[best true > best false]).
+
+    ``prediction`` is scored as given (lm-eval does not strip it; the caller decides).
+    """
     if not true_refs or not false_refs:
         raise UsageError("reference similarity needs at least one true and one false reference")
     refs = list(true_refs) + list(false_refs)
     per_metric = {"bleu": [bleu_score(prediction, r) for r in refs]}
     rouge = [rouge_scores(prediction, r) for r in refs]
-    for name in ("rouge1", "rougeL"):
+    for name in ("rouge1", "rouge2", "rougeL"):
         per_metric[name] = [r[name] for r in rouge]
     out: dict[str, float] = {}
     n_true = len(true_refs)

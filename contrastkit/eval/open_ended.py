@@ -38,7 +38,7 @@ from contrastkit.eval import metrics
 class OpenEndedConfig:
     """Settings of an open-ended run (CLI flags and YAML keys)."""
 
-    data: str = field(default="../shared/data/wikitext103_test/wiki.test.raw", metadata={
+    data: str = field(default="Salesforce/wikitext", metadata={  # Hub id; CONTRASTKIT_DATA or --data: README, Data
         "help": "wiki.test.raw (prefixes cut from paragraphs) or a JSON/JSONL of prefix/reference records"})
     prefix_tokens: int = field(default=32, metadata={"help": "prefix length in tokens for raw text (SimCTG: 32)"})
     max_new_tokens: int = field(default=128, metadata={"help": "continuation length (SimCTG 128, CD 256)"})
@@ -48,6 +48,9 @@ class OpenEndedConfig:
         "help": "MAUVE/coherence features: minilm, self (the generator's last hidden state) or a local HF path"})
     mauve: bool = field(default=True, metadata={"help": "compute MAUVE (needs the mauve extra)"})
     mauve_seed: int = field(default=25, metadata={"help": "MAUVE's clustering seed (mauve-text default 25)"})
+    mauve_seeds: int = field(default=1, metadata={"help": (
+        "MAUVE over this many clustering seeds (mauve_seed, mauve_seed+1, ...): mean reported, plus mauve_std "
+        "and mauve_min/max when > 1")})
     feature_max_tokens: int = field(default=256, metadata={"help": "truncate texts to this many featurizer tokens"})
 
     def __post_init__(self):
@@ -56,6 +59,7 @@ class OpenEndedConfig:
         check_range("limit", self.limit, 1)
         check_range("batch_size", self.batch_size, 1)
         check_range("feature_max_tokens", self.feature_max_tokens, 1)
+        check_range("mauve_seeds", self.mauve_seeds, 1)
 
 
 def _records_from_json(path: Path) -> list[dict]:
@@ -116,13 +120,42 @@ def load_prefix_pairs(path: str | Path, tokenizer=None, *, prefix_tokens: int = 
     return items
 
 
+MAUVE_MIN_TEXTS = 100  # below this per side MAUVE's histogram estimate is noisy (the paper used 5,000)
+FEATURIZER_NAMES = {"minilm": "MiniLM", "self": "generator's own"}
+
+
 class OpenEnded:
     """The open-ended task for :func:`contrastkit.eval.runner.run_evaluation`."""
 
     name = "open-ended"
-    report_columns = ["rep-2", "rep-3", "rep-4", "diversity", "mauve", "coherence", "coherence_logprob",
+    report_columns = ["rep-2", "rep-3", "rep-4", "diversity", "mauve", "mauve_std", "coherence", "coherence_logprob",
                       "gen_length"]
+    item_metrics = ["coherence_logprob", "gen_length"]
+    higher_is_better = {"rep-2": False, "rep-3": False, "rep-4": False, "diversity": True, "mauve": True,
+                        "coherence": True, "coherence_logprob": True}
     plots = [("scatter", "diversity", "mauve"), ("bar", "rep-2", "rep-3", "rep-4")]
+    metric_help = {
+        "rep-2": "100 x (1 - unique / total) whitespace bigrams, counts summed over the corpus (SimCTG); percent",
+        "rep-3": "as rep-2 for trigrams; percent", "rep-4": "as rep-2 for 4-grams; percent",
+        "diversity": "(1 - rep-2/100)(1 - rep-3/100)(1 - rep-4/100), shown x100 (percent); summary.json keeps the "
+                     "fraction",
+        "mauve": "MAUVE of human vs generated continuations on the featurizer named in the header (papers: GPT-2 "
+                 "features, so not comparable with published values); shown x100",
+        "mauve_std": "standard deviation of MAUVE over --mauve_seeds clustering seeds; shown x100",
+        "coherence": "mean cosine of prefix and continuation embeddings on the named featurizer (papers: SimCSE)",
+        "coherence_logprob": "mean per-token log-prob of the continuation under the generator (papers: OPT-2.7b); nats",
+        "gen_length": "mean new tokens per continuation",
+    }
+
+    @property
+    def metric_labels(self) -> dict[str, str]:
+        feat = FEATURIZER_NAMES.get(self.cfg.featurizer, Path(self.cfg.featurizer).name)
+        return {"rep-2": "rep-2 (%)", "rep-3": "rep-3 (%)", "rep-4": "rep-4 (%)", "diversity": "diversity (%)",
+                "mauve": f"mauve (%, {feat} features)", "mauve_std": "mauve std (%)",
+                "coherence": f"coherence ({feat} cosine)", "coherence_logprob": "coherence (generator log-prob)",
+                "gen_length": "gen length (tokens)"}
+
+    metric_scale = {"diversity": 100.0, "mauve": 100.0, "mauve_std": 100.0}
 
     def __init__(self, model, tokenizer, config: OpenEndedConfig, featurizer=None, seed: int = 0):
         self.model, self.tok, self.cfg, self.seed = model, tokenizer, config, seed
@@ -145,6 +178,31 @@ class OpenEnded:
 
         return {**asdict(self.cfg), "version": task_spec(self.name)["version"]}
 
+    def identity(self) -> dict:
+        """What determines the records (generations): data bytes, prefix and continuation lengths, version."""
+        from contrastkit.eval import task_spec
+        from contrastkit.eval.cache import file_sha256
+
+        return {"data_sha256": file_sha256(self.cfg.data), "prefix_tokens": self.cfg.prefix_tokens,
+                "max_new_tokens": self.cfg.max_new_tokens, "version": task_spec(self.name)["version"]}
+
+    def item_key(self, item: dict) -> str:
+        return item["prefix"]
+
+    def dataset_info(self) -> dict:
+        from contrastkit.eval.cache import file_sha256
+
+        return {"file": str(Path(self.cfg.data).resolve()), "sha256": file_sha256(self.cfg.data),
+                "n_items": len(self._items), "featurizer": self.cfg.featurizer,
+                "featurizer_note": "MAUVE and coherence use this featurizer; the papers used GPT-2 (MAUVE) and "
+                                   "SimCSE (coherence), so absolute values are not comparable with theirs"}
+
+    def warnings(self) -> list[str]:
+        if self.cfg.mauve and len(self._items) < MAUVE_MIN_TEXTS:
+            return [f"MAUVE over {len(self._items)} texts per side (< {MAUVE_MIN_TEXTS}): "
+                    f"{max(2, round(len(self._items) / 10))} clusters, the score is noisy; the MAUVE paper used 5,000"]
+        return []
+
     def items(self) -> list[dict]:
         return self._items
 
@@ -164,7 +222,8 @@ class OpenEnded:
             for i, s in zip(idx, scored):
                 logprob[i] = s[0].total / max(len(s[0].token_scores), 1)
         return [{"prefix": it["prefix"], "reference": it["reference"], "generation": t, "new_tokens": r.new_tokens,
-                 "coherence_logprob": lp} for it, r, t, lp in zip(items, results, texts, logprob)]
+                 "gen_length": r.new_tokens, "coherence_logprob": lp}
+                for it, r, t, lp in zip(items, results, texts, logprob)]
 
     def summarize(self, spec, records: list[dict]) -> dict[str, float]:
         gens = [r["generation"] for r in records]
@@ -178,9 +237,17 @@ class OpenEnded:
         if self.cfg.mauve:
             from contrastkit.eval.mauve_features import compute_mauve
 
-            if self._ref_features is None:
-                self._ref_features = self.featurizer([r["reference"] for r in records])
-            out.update(compute_mauve(self._ref_features, feats, seed=self.cfg.mauve_seed))
+            key = tuple(r["id"] for r in records)
+            if self._ref_features is None or self._ref_features[0] != key:  # references of exactly these items
+                self._ref_features = (key, self.featurizer([r["reference"] for r in records]))
+            runs = [compute_mauve(self._ref_features[1], feats, seed=self.cfg.mauve_seed + k)
+                    for k in range(self.cfg.mauve_seeds)]
+            out.update(runs[0])
+            values = np.array([r["mauve"] for r in runs])
+            out["mauve"] = float(values.mean())
+            if len(runs) > 1:
+                out.update({"mauve_std": float(values.std(ddof=1)), "mauve_min": float(values.min()),
+                            "mauve_max": float(values.max()), "mauve_seeds": len(runs)})
         return out
 
     def reference_metrics(self) -> dict[str, float]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,8 @@ class TruthfulQAItem:
     mc2_labels: list[int]
     correct: list[str] = field(default_factory=list)
     incorrect: list[str] = field(default_factory=list)
+    category: str | None = None  # CSV ``Category`` (e.g. "Misconceptions"); mc_task.json has none
+    type: str | None = None  # CSV ``Type``: "Adversarial" or "Non-Adversarial"
 
     def answers(self) -> list[str]:
         """Unique answers of both lists, in first-seen order (each is scored once)."""
@@ -171,7 +174,9 @@ def _load_csv(path: Path) -> list[TruthfulQAItem]:
                 raise UsageError(f"{path}:{line}: empty question, best, correct or incorrect answers")
             items.append(TruthfulQAItem(len(items), row["Question"].strip(), [best] + incorrect,
                                         [1] + [0] * len(incorrect), correct + incorrect,
-                                        [1] * len(correct) + [0] * len(incorrect), correct, incorrect))
+                                        [1] * len(correct) + [0] * len(incorrect), correct, incorrect,
+                                        (row.get("Category") or "").strip() or None,
+                                        (row.get("Type") or "").strip() or None))
     return items
 
 
@@ -188,6 +193,47 @@ def _load_hub(name: str) -> list[TruthfulQAItem]:
             for i, r in enumerate(ds)]
 
 
+# sha256 of the known files -> (revision, what it is). Published numbers use the 817-question sets.
+KNOWN_FILES = {
+    "6eb4125d25750c0145c4be2dce00440736684ab6f74ce6bff2139571cc758954":
+        ("013686a mc_task.json", "817 questions; the file HF truthful_qa and stock lm-eval score"),
+    "b3799639bc76c939836d587de7d30b48d91012cb34be04806d33106ce06c162a":
+        ("v1 mc_task.json (8b48f68)", "817 questions, Oct 2021"),
+    "f9bd9e859cc102cb1f647f1064da7e009be752c416845cf9fa56e6eaae403a7d":
+        ("v1 TruthfulQA.csv (8b48f68)", "817 questions, Oct 2021; what DoLa/ICD read"),
+    "c90d853454fd48c676accb33e16923ac438dbb6fb37ecc7c6a70e33c9e556e87":
+        ("d71c110 mc_task.json (Jan 2025)", "790 questions; answer strings without the final '.'"),
+    "b8d8ef1e12f98b4f2a9f47abc9765da0640b182b6c5d9b92f0c1a1f2f1e02e5c":
+        ("d71c110 TruthfulQA.csv (Jan 2025)", "790 questions"),
+}
+PUBLISHED_N = 817
+
+
+def dataset_info(path: str | Path, items: Sequence[TruthfulQAItem]) -> dict:
+    """Which TruthfulQA file and revision was scored: path, sha256 of its bytes, question count, revision.
+
+    A Hub id is identified by a hash of its items instead. ``warning`` is set when the file is not
+    an 817-question set (published numbers use those) or is not a known revision.
+    """
+    from contrastkit.eval.cache import file_sha256
+
+    p = Path(path)
+    if p.is_file():
+        digest, file = file_sha256(p), str(p.resolve())
+    else:
+        blob = json.dumps([[it.question, it.mc1_choices, it.mc1_labels, it.mc2_choices, it.mc2_labels]
+                           for it in items], ensure_ascii=False).encode()
+        digest, file = hashlib.sha256(blob).hexdigest(), str(path)
+    revision, what = KNOWN_FILES.get(digest, ("unknown", "not a known TruthfulQA file"))
+    info = {"file": file, "sha256": digest, "n_questions": len(items), "revision": revision, "description": what}
+    if len(items) != PUBLISHED_N:
+        info["warning"] = (f"{p.name or path} has {len(items)} questions ({revision}), not the {PUBLISHED_N}-question "
+                           f"set published numbers use (v1 or 013686a)")
+    elif revision == "unknown":
+        info["warning"] = f"{p.name or path} is not a known TruthfulQA revision (sha256 {digest[:12]})"
+    return info
+
+
 def load_truthfulqa(path: str | Path) -> list[TruthfulQAItem]:
     """Load TruthfulQA MC items from ``mc_task.json``, ``TruthfulQA.csv`` or a Hub id."""
     p = Path(path)
@@ -201,6 +247,43 @@ def load_truthfulqa(path: str | Path) -> list[TruthfulQAItem]:
 # ------------------------------------------------------------------------------------------
 # MC scoring
 # ------------------------------------------------------------------------------------------
+
+
+# Model families whose attention positions come only from explicit ``position_ids`` (rotary or learned
+# absolute positions) and that take a 4-D additive mask: packing several sequences side by side
+# keeps every token's logits. ALiBi (Bloom, MPT, Falcon-ALiBi) and relative-position models derive
+# biases from *key indices*, which packing changes, so they stay on the unpacked path. Each family
+# here has a packed == unpacked test (tests/contrastkit/eval/test_packed_families.py).
+PACKED_FAMILIES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "gpt_neox"})
+
+
+def unwrap_causal_lm(model):
+    """``(causal_lm, body)``: a PEFT model's underlying ``*ForCausalLM`` (adapters still active) and its body.
+
+    ``PeftModel.base_model`` is the tuner (its forward returns logits), not the transformer body;
+    ``get_base_model()`` returns the causal LM with the adapter layers injected in place.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner, inner.base_model
+
+
+def packed_unsupported_reason(model, cache=None) -> str | None:
+    """``None`` when packed scoring is exact for ``model``, else why not (then the unpacked path runs).
+
+    Needs: a model family in :data:`PACKED_FAMILIES`, an attention backend that takes custom 4-D
+    masks with plain cache layers (:func:`contrastkit.decoding.tree.tree_supported`), and a plain
+    linear LM head (:func:`contrastkit.decoding.tree.head_is_linear`). PEFT models are unwrapped.
+    """
+    from contrastkit.decoding.tree import head_is_linear, tree_supported
+
+    inner, body = unwrap_causal_lm(model)
+    family = getattr(inner.config, "model_type", None)
+    if family not in PACKED_FAMILIES:
+        return f"model family {family!r} is not known to take explicit position ids (packed: {sorted(PACKED_FAMILIES)})"
+    reason = tree_supported(inner, cache)
+    if reason is not None:
+        return reason
+    return None if head_is_linear(inner, body) else "the LM head is not a plain linear map of the last hidden state"
 
 
 def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -243,12 +326,10 @@ class PrefixCachedScorer:
         self._packed = packed  # None = decide from the model and cache (tree.tree_supported, head_is_linear)
 
     def packed_supported(self, cache=None) -> bool:
-        """True when the packed path applies: custom 4-D masks, plain cache layers, a linear head."""
+        """True when the packed path gives the unpacked scores: see :func:`packed_unsupported_reason`."""
         if self._packed is not None:
             return self._packed
-        from contrastkit.decoding.tree import head_is_linear, tree_supported
-
-        return tree_supported(self.model, cache) is None and head_is_linear(self.model, self.model.base_model)
+        return packed_unsupported_reason(self.model, cache) is None
 
     def _prefix_cache(self, prefix: list[int]):
         if prefix != self._prefix or self._cache is None:
@@ -301,14 +382,15 @@ class PrefixCachedScorer:
             kv = copy.deepcopy(cache)
             kv.batch_repeat_interleave(R)
         mask = batch.additive_mask(n_prefix, self.model.dtype).to(self.device)
+        inner, body = unwrap_causal_lm(self.model)
         with sdpa_gqa():
-            hidden = self.model.base_model(
+            hidden = body(
                 input_ids=batch.input_ids.to(self.device), position_ids=batch.position_ids.to(self.device),
                 attention_mask=mask, cache=kv, use_cache=kv is not None).last_hidden_state
         flat = hidden.reshape(R * L, -1)
         read_index, read_token = batch.read_index.to(self.device), batch.read_token.to(self.device)
         rows, inv = torch.unique(read_index, return_inverse=True)  # each scoring token's head runs once
-        head = self.model.get_output_embeddings()
+        head = inner.get_output_embeddings()
         logprob = torch.empty(read_index.shape, dtype=torch.float64, device=self.device)
         slab = 1024  # rows of (V,) logits held at once
         for s in range(0, rows.shape[0], slab):

@@ -23,7 +23,8 @@ def test_bad_inputs_exit_2(capsys, tmp_path, tiny_model_dir):
     code, _, err = _run(capsys, ["eval", "truthfulqa", "--model", str(tiny_model_dir), "--data", str(bad),
                                  "--output_dir", str(tmp_path / "o")])
     assert code == 2 and "bad.json: item 1" in err
-    code, _, err = _run(capsys, ["eval", "truthfulqa", "--preset", "literall", "--output_dir", str(tmp_path)])
+    code, _, err = _run(capsys, ["eval", "truthfulqa", "--preset", "literall", "--output_dir", str(tmp_path),
+                                 "--data", str(bad)])
     assert code == 2 and "Did you mean 'literal'" in err
     code, _, err = _run(capsys, ["eval", "open-ended", "--strategy_args", "{oops", "--output_dir", str(tmp_path)])
     assert code == 2 and "--strategy_args is not valid JSON" in err
@@ -38,11 +39,12 @@ def test_truthfulqa_cli_end_to_end_and_resume(capsys, tmp_path, tiny_model_dir, 
             "--strategy_args", '{"sample": {"temperature": 0.7}}', "--limit", "2", "--preset", "zero-shot",
             "--data", str(shared_data / "truthfulqa/v1/TruthfulQA.csv"), "--output_dir", str(tmp_path), "--quiet"]
     code, out, _ = _run(capsys, argv)
-    assert code == 0 and "| greedy |" in out and "| sample | temperature=0.7 |" in out
     summary = json.loads((tmp_path / "summary.json").read_text())
+    sample = next(k for k in summary["strategies"] if k.startswith("sample-"))  # label: name + parameter hash
+    assert code == 0 and "| greedy | greedy | - |" in out and f"| {sample} | sample | temperature=0.7 |" in out
     assert summary["task_config"]["preset"] == "zero-shot" and summary["strategies"]["greedy"]["n_items"] == 2
     # plain-rule scores do not depend on sampling parameters
-    assert summary["strategies"]["greedy"]["metrics"] == summary["strategies"]["sample"]["metrics"]
+    assert summary["strategies"]["greedy"]["metrics"] == summary["strategies"][sample]["metrics"]
     before = (tmp_path / "records/greedy.jsonl").read_text()
     assert _run(capsys, argv)[0] == 0  # resumed: nothing recomputed, file unchanged
     assert (tmp_path / "records/greedy.jsonl").read_text() == before

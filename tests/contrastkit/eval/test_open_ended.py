@@ -77,3 +77,25 @@ def test_open_ended_task_end_to_end(tiny_llama, tiny_tok, tmp_path):
     assert (tmp_path / "out" / "mauve_vs_diversity.png").is_file()
     recs = [json.loads(x) for x in (tmp_path / "out/records/sample.jsonl").read_text().splitlines()]
     assert len(recs) == 6 and all("generation" in r for r in recs)
+
+
+def test_open_ended_report_shows_deviations_and_units(tiny_llama, tiny_tok, tmp_path):
+    pytest.importorskip("mauve")
+    data = tmp_path / "pairs.jsonl"
+    words = "the cat sat on a mat and then ran far away into the deep dark wood".split()
+    data.write_text("".join(json.dumps({"prefix": " ".join(words[i:i + 4]), "reference": " ".join(words[i + 4:])})
+                            + "\n" for i in range(6)))
+    cfg = OpenEndedConfig(data=str(data), max_new_tokens=6, featurizer="self", batch_size=6, mauve_seeds=3)
+    summary = run_evaluation(OpenEnded(tiny_llama, tiny_tok, cfg), [StrategySpec("greedy", "greedy")], tmp_path / "o",
+                             progress=False)
+    assert summary["dataset"]["featurizer"] == "self"
+    assert any("MAUVE over 6 texts per side" in w for w in summary["warnings"])
+    m = summary["strategies"]["greedy"]["metrics"]
+    assert m["mauve_seeds"] == 3 and m["mauve_min"] <= m["mauve"] <= m["mauve_max"] and "mauve_std" in m
+    table = (tmp_path / "o/results.md").read_text()
+    assert "mauve (%, generator's own features)" in table and "coherence (generator's own cosine)" in table
+    assert "diversity (%)" in table and "rep-2 (%)" in table
+    row = next(line for line in table.splitlines() if line.startswith("| greedy |"))
+    header = next(line for line in table.splitlines() if line.startswith("| run |"))
+    cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+    assert float(cells["diversity (%)"]) == pytest.approx(100 * m["diversity"], abs=1e-2)  # one unit: percent

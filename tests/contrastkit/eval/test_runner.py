@@ -81,7 +81,7 @@ def test_torn_last_line_is_dropped_and_recomputed(tmp_path):
 def test_changed_config_is_refused_unless_overwrite(tmp_path):
     spec = [StrategySpec("greedy", "greedy")]
     run_evaluation(CountingTask(4), spec, tmp_path, progress=False)
-    with pytest.raises(UsageError, match="different task_config"):
+    with pytest.raises(UsageError, match=r"different task\.n \(task\.n: 4 -> 5\)"):
         run_evaluation(CountingTask(5), spec, tmp_path, progress=False)
     task = CountingTask(5)
     run_evaluation(task, spec, tmp_path, progress=False, overwrite=True)
