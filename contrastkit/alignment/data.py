@@ -1,4 +1,4 @@
-"""Preference data: JSONL (optionally gzipped), ``datasets`` folders and HH-RLHF transcripts.
+"""Preference data: JSONL (optionally gzipped), ``datasets`` folders, Hub dataset ids and HH-RLHF transcripts.
 
 Every source becomes a :class:`datasets.Dataset` with ``prompt``/``chosen``/``rejected`` columns,
 either as strings or as chat messages (lists of ``{"role", "content"}``; trl applies the chat
@@ -86,30 +86,73 @@ def normalize_row(record: dict, where: str) -> dict:
     return row
 
 
-def _records_from_dataset(path: Path, split: str, limit: int | None) -> list[tuple[int, dict]]:
+def _is_saved_to_disk(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _select_split(ds, source, split: str):
     import datasets
 
-    ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             from contrastkit.errors import did_you_mean
 
-            raise UsageError(f"dataset '{path}' has no split '{split}'.{did_you_mean(split, list(ds))} "
+            raise UsageError(f"dataset '{source}' has no split '{split}'.{did_you_mean(split, list(ds))} "
                              f"Splits: {', '.join(ds)}")
         ds = ds[split]
+    return ds
+
+
+def _load_hub_or_repo(source: str, config: str | None, split: str):
+    """``datasets.load_dataset`` on a Hub id or a local script-free repo folder (data files + README), as trl's
+    scripts load ``--dataset_name``; every failure becomes a one-line UsageError."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, name=config, split=split)
+    except Exception as e:  # noqa: BLE001 - datasets raises many types (offline, not found, bad config)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "" if Path(source).exists() else " (a Hub id needs network; pass a local file or folder offline)"
+        raise UsageError(f"preference data '{source}'" + (f" config '{config}'" if config else "") +
+                         f" split '{split}' could not be loaded with datasets.load_dataset: {msg}{hint}") from None
+
+
+def _records_from_dataset(path: Path, split: str, limit: int | None, config: str | None = None):
+    import datasets
+
+    if _is_saved_to_disk(path):
+        ds = _select_split(datasets.load_from_disk(str(path)), path, split)
+    else:
+        ds = _load_hub_or_repo(str(path), config, split)
+    return _records(ds, limit)
+
+
+def _records(ds, limit: int | None) -> list[tuple[int, dict]]:
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return [(i + 1, dict(r)) for i, r in enumerate(ds)]
 
 
+def looks_like_hub_id(source: str) -> bool:
+    """``owner/name`` with Hub-legal characters (and not an existing local path)."""
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source)) and not Path(source).exists()
+
+
 def load_preference_data(source: str | Path, *, split: str = "train", limit: int | None = None,
-                         offset: int = 0, drop_invalid: bool = False, dropped: list | None = None):
+                         offset: int = 0, drop_invalid: bool = False, dropped: list | None = None,
+                         config: str | None = None):
     """Load preference pairs as a ``datasets.Dataset`` with prompt/chosen/rejected columns.
 
     Args:
-        source: a ``.jsonl``/``.jsonl.gz``/``.json`` file of objects, or a folder written by
-            ``datasets.save_to_disk`` (a ``DatasetDict`` uses ``split``).
-        split: split name for a ``DatasetDict`` folder.
+        source: a ``.jsonl``/``.jsonl.gz``/``.json`` file of objects, a folder written by
+            ``datasets.save_to_disk`` (a ``DatasetDict`` uses ``split``), a local dataset repo folder
+            without a loading script (data files + README, read by ``datasets.load_dataset``), or a
+            Hub dataset id ``owner/name`` (``datasets.load_dataset(source, name=config)[split]``,
+            as trl's scripts load ``--dataset_name``; needs network unless cached).
+        split: split name for a ``DatasetDict`` folder, a repo folder or a Hub dataset.
+        config: the Hub dataset's configuration name (``--dataset_config``), if it has several.
         limit: keep at most this many rows (after ``offset``).
         offset: skip this many rows first (e.g. to carve a held-out set out of one file).
         drop_invalid: drop malformed rows (e.g. an empty response; HH-RLHF has a few) instead of
@@ -122,11 +165,13 @@ def load_preference_data(source: str | Path, *, split: str = "train", limit: int
     import datasets
 
     path = Path(source).expanduser()
-    if not path.exists():
-        raise UsageError(f"preference data '{source}' does not exist")
     want = None if limit is None else offset + limit
-    if path.is_dir():
-        records = _records_from_dataset(path, split, want)
+    if not path.exists():
+        if not looks_like_hub_id(str(source)):
+            raise UsageError(f"preference data '{source}' does not exist (nor is it a Hub dataset id owner/name)")
+        records = _records(_load_hub_or_repo(str(source), config, split), want)
+    elif path.is_dir():
+        records = _records_from_dataset(path, split, want, config)
     elif path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
         records = _read_json_lines(path, want)
     else:

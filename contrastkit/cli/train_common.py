@@ -43,10 +43,14 @@ class TrainScriptConfig:
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention backend: sdpa or eager."})
     train_file: str | None = field(default=None, metadata={
         "help": "Preference pairs: .jsonl[.gz] with prompt/chosen/rejected (text or chat messages), HH-RLHF "
-                "transcripts, or a datasets.save_to_disk folder. Required."})
+                "transcripts, a datasets.save_to_disk folder, a dataset repo folder, or a Hub dataset id "
+                "(owner/name, with dataset_config / train_split). Required."})
     eval_file: str | None = field(default=None, metadata={"help": "Held-out pairs in the same formats (optional)."})
-    train_split: str = field(default="train", metadata={"help": "Split of a DatasetDict folder for training."})
-    eval_split: str = field(default="test", metadata={"help": "Split of a DatasetDict folder for evaluation."})
+    dataset_config: str | None = field(default=None, metadata={
+        "help": "Configuration name of a Hub dataset (datasets.load_dataset(name=...)), as in trl's scripts."})
+    train_split: str = field(default="train", metadata={
+        "help": "Split used for training (a DatasetDict folder, a dataset repo folder or a Hub dataset)."})
+    eval_split: str = field(default="test", metadata={"help": "Split used for evaluation (same sources)."})
     limit: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
     offset: int = field(default=0, metadata={"help": "Skip this many training rows first."})
     eval_limit: int | None = field(default=None, metadata={"help": "Use at most this many eval rows."})
@@ -74,17 +78,38 @@ class TrainScriptConfig:
             check_range(name, getattr(self, name), 1)
 
 
+# trl's script argument names (trl dpo --model_name_or_path ... --dataset_name ...) -> ours, so a trl YAML mostly works
+TRL_ALIASES = {"model_name_or_path": "model", "dataset_name": "train_file", "dataset_train_split": "train_split",
+               "dataset_test_split": "eval_split", "split": "train_split"}
+
+
 def build_parser(prog: str, config_cls: type) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description=(config_cls.__doc__ or "").strip().splitlines()[0])
     parser.add_argument("--config", default=None, help="YAML file of option values; flags override it")
     add_dataclass_arguments(parser, TrainScriptConfig, group_title="model and data")
     add_dataclass_arguments(parser, config_cls, group_title="trainer (trl DPOConfig + method options)")
+    aliases = parser.add_argument_group("trl names (aliases)")
+    for alias, ours in TRL_ALIASES.items():
+        aliases.add_argument(f"--{alias}", dest=alias, default=None, metavar=ours.upper(),
+                             help=f"trl's name for --{ours}")
     return parser
+
+
+def apply_aliases(args: dict) -> dict:
+    """Move trl-named values onto our names; giving both names different values is an error."""
+    for alias, ours in TRL_ALIASES.items():
+        value = args.pop(alias, None)
+        if value is None:
+            continue
+        if args.get(ours) is not None and args[ours] != value:
+            raise UsageError(f"--{alias} ({value!r}) and --{ours} ({args[ours]!r}) name the same option; give one")
+        args[ours] = value
+    return args
 
 
 def parse_configs(prog: str, config_cls: type, argv: list[str]):
     """``(script_config, trainer_config)`` from flags + YAML; bad values raise UsageError."""
-    args = vars(parse_with_config(build_parser(prog, config_cls), argv))
+    args = apply_aliases(vars(parse_with_config(build_parser(prog, config_cls), argv)))
     script = build_dataclass(TrainScriptConfig, args)
     names = {f.name for f in dataclasses.fields(config_cls) if f.init}
     kwargs = {k: v for k, v in args.items() if k in names and v is not None}
@@ -108,11 +133,12 @@ def load_data(script: TrainScriptConfig, dropped: dict | None = None):
     dropped = {} if dropped is None else dropped
     train = load_preference_data(script.train_file, split=script.train_split, limit=script.limit,
                                  offset=script.offset, drop_invalid=script.skip_invalid_rows,
-                                 dropped=dropped.setdefault("train", []))
+                                 dropped=dropped.setdefault("train", []), config=script.dataset_config)
     evals = None
     if script.eval_file:
         evals = load_preference_data(script.eval_file, split=script.eval_split, limit=script.eval_limit,
-                                     drop_invalid=script.skip_invalid_rows, dropped=dropped.setdefault("eval", []))
+                                     drop_invalid=script.skip_invalid_rows, dropped=dropped.setdefault("eval", []),
+                                     config=script.dataset_config)
     return train, evals
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 WORDS = "the cat dog bird saw a red blue king queen river city".split()
 
@@ -194,3 +195,129 @@ def test_shipped_yaml_configs_parse_and_flags_override(tmp_path, method, shared_
                                            "--max_steps", "3"])
     assert cfg.max_steps == 3 and cfg.save_steps == 20 and cfg.bf16 is False  # flag beats YAML, YAML beats default
     assert script.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"] and script.lora_r == 8
+
+
+def _dpo_flags(tiny_model_dir, data, out, steps=2):
+    flags = base_flags(tiny_model_dir, data, out, steps=steps)
+    i = flags.index("--hypo_max_new_tokens")
+    del flags[i: i + 2]
+    return flags
+
+
+def test_export_merges_the_adapter_and_loads_everywhere(tmp_path, tiny_model_dir, capsys):
+    """train dpo -> train export: plain transformers loads the merged safetensors (no peft) and its logits equal
+    base + adapter; contrastkit generate --model OUT greedy-decodes what base --adapter DIR decodes."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from contrastkit.cli.main import main as ck
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    adapter, merged = tmp_path / "run", tmp_path / "merged"
+    assert ck(["train", "dpo", *_dpo_flags(tiny_model_dir, data, adapter, steps=2), "--learning_rate", "5e-2"]) == 0
+    assert ck(["train", "export", "--adapter", str(adapter), "--output_dir", str(merged)]) == 0
+    assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
+    ids = torch.tensor([[5, 17, 40, 9, 33, 7]])
+    plain = AutoModelForCausalLM.from_pretrained(str(merged)).eval()
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        with_adapter = PeftModel.from_pretrained(base, str(adapter)).eval()(ids).logits
+        merged_logits = plain(ids).logits
+    assert (with_adapter - base_logits).abs().max() > 1e-3  # the adapter changes the model
+    torch.testing.assert_close(merged_logits, with_adapter, atol=1e-5, rtol=1e-5)
+    outs = {}
+    for name, flags in (("merged", ["--model", str(merged)]), ("adapter", ["--model", str(tiny_model_dir),
+                                                                            "--adapter", str(adapter)])):
+        path = tmp_path / f"{name}.jsonl"
+        assert ck(["generate", *flags, "the cat saw", "--max_new_tokens", "6", "--output", str(path)]) == 0
+        outs[name] = json.loads(path.read_text().splitlines()[0])["token_ids"]
+    assert outs["merged"] == outs["adapter"]
+    capsys.readouterr()
+    assert ck(["train", "export", "--adapter", str(adapter), "--output_dir", str(merged)]) == 2  # not empty
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert ck(["train", "export", "--adapter", str(tmp_path), "--output_dir", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def _repo_layout(root: Path) -> Path:
+    """A dataset repo folder as on the Hub, without a loading script: data files + README with two configs."""
+    for config, n in (("small", 3), ("big", 6)):
+        for split in ("train", "test"):
+            write_pairs((root / config).mkdir(parents=True, exist_ok=True) or root / config / f"{split}.jsonl", n=n)
+    (root / "README.md").write_text(
+        "---\nconfigs:\n" + "".join(
+            f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train.jsonl\n"
+            f"  - split: test\n    path: {c}/test.jsonl\n" for c in ("small", "big")) + "---\n# toy pairs\n")
+    return root
+
+
+def test_dataset_repo_layout_and_save_to_disk_with_trl_flag_names(tmp_path, tiny_model_dir):
+    """trl's names (--model_name_or_path, --dataset_name, --dataset_config, --dataset_train_split) on a local
+    script-free dataset repo (datasets.load_dataset) and on a save_to_disk folder, offline."""
+    import datasets
+
+    from contrastkit.alignment.configs import ContrastDPOConfig
+    from contrastkit.alignment.data import load_preference_data
+    from contrastkit.cli.train_common import parse_configs, run_training
+
+    repo = _repo_layout(tmp_path / "toy-pairs")
+    assert len(load_preference_data(repo, config="small", split="test")) == 3
+    assert len(load_preference_data(repo, config="big", split="train")) == 6
+    flags = _dpo_flags(tiny_model_dir, "x", tmp_path / "out", steps=1)
+    flags[flags.index("--model")] = "--model_name_or_path"
+    i = flags.index("--train_file")
+    flags[i: i + 2] = ["--dataset_name", str(repo), "--dataset_config", "small", "--dataset_train_split", "train"]
+    summary = run_training("dpo", *parse_configs("t", ContrastDPOConfig, flags))
+    assert summary["train_rows"] == 3 and summary["model"] == str(tiny_model_dir)
+
+    disk = tmp_path / "disk"
+    datasets.DatasetDict({"train": load_preference_data(repo, config="big", split="train")}).save_to_disk(str(disk))
+    flags[flags.index("--dataset_name") + 1] = str(disk)
+    script, _ = parse_configs("t", ContrastDPOConfig, flags)
+    assert len(load_preference_data(script.train_file, split=script.train_split)) == 6
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--dataset_name", "nobody-here/no-such-dataset"], "could not be loaded with datasets.load_dataset"),
+    (["--dataset_name", "no/such/path.jsonl"], "does not exist"),
+    (["--model_name_or_path", "a", "--model", "b"], "name the same option; give one"),
+    (["--dataset_train_split", "nope"], "split 'nope'"),
+])
+def test_hub_and_alias_errors_exit_2(tmp_path, tiny_model_dir, no_model_load, capsys, extra, match):
+    from contrastkit.cli.train import main
+
+    repo = _repo_layout(tmp_path / "toy-pairs")
+    flags = _dpo_flags(tiny_model_dir, repo, tmp_path / "out")
+    if "--dataset_name" in extra:
+        i = flags.index("--train_file")
+        del flags[i: i + 2]
+    if "--model" in extra:
+        i = flags.index("--model")
+        del flags[i: i + 2]
+    assert main(["dpo", *flags, "--dataset_config", "small", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_hypo_logs_parts_heldout_kl_and_dropped_rows(tmp_path, tiny_model_dir, capsys):
+    """HyPO: the summary names the DPO and KL parts (loss = dpo part + kl part), each evaluation logs the held-out
+    reverse KL, and rows dropped in data preparation are reported with count and reason."""
+    from contrastkit.alignment.configs import HyPOConfig
+    from contrastkit.cli.train_common import parse_configs, run_training
+
+    data = write_pairs(tmp_path / "pairs.jsonl", rejected="  ")  # last row invalid
+    evals = write_pairs(tmp_path / "eval.jsonl", n=4)
+    flags = base_flags(tiny_model_dir, data, tmp_path / "out", steps=2)
+    summary = run_training("hypo", *parse_configs("t", HyPOConfig, [
+        *flags, "--eval_file", str(evals), "--eval_strategy", "steps", "--eval_steps", "1", "--hypo_lambda", "0.5",
+        "--skip_invalid_rows", "true", "--per_device_eval_batch_size", "2"]))
+    assert summary["dropped_rows"] == {"train": {"count": 1, "reasons": {"empty 'rejected' response": 1}, "rows": [8]}}
+    assert "dropped 1 rows of" in capsys.readouterr().err
+    assert set(summary["loss_parts"]) >= {"hypo/dpo_loss", "hypo/kl_loss", "hypo/kl"}
+    train_logs = [h for h in summary["log_history"] if "loss" in h]
+    for h in train_logs:
+        assert h["loss"] == pytest.approx(h["hypo/dpo_loss"] + h["hypo/kl_loss"], rel=1e-5, abs=1e-6)
+    evals_logged = [h for h in summary["log_history"] if "eval_loss" in h]
+    assert len(evals_logged) == 2 and all("eval_hypo/kl" in h for h in evals_logged)
+    assert evals_logged[0]["eval_hypo/kl"] != 0.0  # after one step the policy has moved on held-out prompts
