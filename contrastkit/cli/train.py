@@ -12,6 +12,7 @@ RECIPES = {
     "hypo": ("contrastkit.cli.train_hypo", "HyPO: DPO + online KL on policy samples (arXiv 2406.01462)"),
     "treg": ("contrastkit.cli.train_treg", "T-REG: token-level reward regularization (arXiv 2412.02685)"),
     "treg-heatmap": ("contrastkit.cli.train_treg_heatmap", "render T-REG token rewards as an HTML heatmap"),
+    "export": ("contrastkit.cli.train_export", "merge a LoRA adapter into its base model (safetensors)"),
     "ranker": ("contrastkit.cli.train_ranker", "RankGen-style ranker: InfoNCE, in-book + generated negatives"),
 }
 
