@@ -34,7 +34,7 @@ class InduceConfig:
 
     model: str = field(default="smollm2", metadata={"help": "Base model to induce hallucinations into."})
     data: str = field(
-        default="../shared/data/halueval/qa_data_first1000.json",
+        default="pminervini/HaluEval",  # Hub id; CONTRASTKIT_DATA or --data for a local copy (README, Data)
         metadata={"help": "HaluEval QA JSONL (knowledge, question, right_answer, hallucinated_answer)."},
     )
     output_dir: str = field(default="runs/amateur", metadata={"help": "Where the adapter and checkpoints go."})

@@ -157,8 +157,12 @@ _NOISE = [  # (category, message regex) of third-party warnings a user cannot ac
 ]
 
 
-def quiet_third_party(verbose: bool = False) -> None:
-    """Hide third-party noise (FutureWarnings, pin_memory / faiss warnings, transformers info logs) unless verbose."""
+def quiet_third_party(verbose: bool = False, *, transformers: bool = False) -> None:
+    """Hide third-party noise unless verbose: FutureWarnings, pin_memory / faiss warnings, transformers logs.
+
+    ``transformers=True`` (set once a command has parsed its flags, before any model load) also
+    imports transformers to turn off its per-tensor "Loading weights" bar and info logs.
+    """
     if verbose or os.environ.get("CONTRASTKIT_VERBOSE"):
         return
     for category, pattern in _NOISE:
@@ -168,10 +172,11 @@ def quiet_third_party(verbose: bool = False) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("transformers", "accelerate", "datasets", "peft", "trl", "huggingface_hub", "faiss"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if "transformers" in sys.modules:
+    if transformers or "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def _unwrap_optional(tp):
@@ -321,7 +326,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
     for key, value in vars(args).items():
         if dataset_for(value) is not None:
             setattr(args, key, check_data(value))
-    quiet_third_party(bool(getattr(args, "verbose", False)))
+    quiet_third_party(bool(getattr(args, "verbose", False)), transformers=True)
     apply_threads(getattr(args, "threads", None))
     return args
 
