@@ -14,6 +14,7 @@ RECIPES = {
     "treg-heatmap": ("contrastkit.cli.train_treg_heatmap", "render T-REG token rewards as an HTML heatmap"),
     "export": ("contrastkit.cli.train_export", "merge a LoRA adapter into its base model (safetensors)"),
     "ranker": ("contrastkit.cli.train_ranker", "RankGen-style ranker: InfoNCE, in-book + generated negatives"),
+    "coact": ("contrastkit.cli.train_coact", "CoACT few-shot class-incremental tuning of an encoder (arXiv 2405.16625)"),
 }
 
 
