@@ -1,0 +1,150 @@
+"""``contrastkit generate --backend vllm`` against a stand-in OpenAI-compatible server on 127.0.0.1.
+
+The stand-in serves the tiny HF model itself with vLLM's request semantics (token-id prompts,
+``temperature=0`` = greedy, ``use_beam_search`` with width ``n`` returning beams best first,
+``seed`` per request, ``min_tokens``). So greedy and beam through the vLLM backend must give the
+same records as the HF backend, token for token; contrastive/CD/RankGen are refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from contrastkit.cli.main import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class _OpenAIStandIn(BaseHTTPRequestHandler):
+    model = None
+    tok = None
+    requests: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, obj):
+        body = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        assert self.path == "/v1/models"
+        self._send({"object": "list", "data": [{"id": "tiny-served"}]})
+
+    def do_POST(self):
+        assert self.path == "/v1/completions"
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(body)
+        choices = []
+        for i, prompt in enumerate(body["prompt"]):
+            assert isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)  # token-id prompts
+            for j, ids in enumerate(self._run(prompt, body)):
+                choices.append({"index": i * body["n"] + j, "token_ids": ids, "finish_reason": "stop",
+                                "text": self.tok.decode(ids, skip_special_tokens=True)})
+        self._send({"choices": choices[::-1]})  # out of order on purpose
+
+    def _run(self, prompt, body):
+        ids = torch.tensor([prompt])
+        kw = dict(max_new_tokens=body["max_tokens"], min_new_tokens=body["min_tokens"] or None,
+                  pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+                  repetition_penalty=body["repetition_penalty"])
+        with torch.no_grad():
+            if body.get("use_beam_search"):
+                out = self.model.generate(ids, num_beams=body["n"], num_return_sequences=body["n"], do_sample=False,
+                                          length_penalty=body["length_penalty"], **kw)
+            elif body["temperature"] == 0:
+                out = self.model.generate(ids, do_sample=False, **kw)
+            else:
+                g = torch.Generator().manual_seed(body["seed"])
+                nxt = torch.multinomial(torch.ones(8), body["max_tokens"], replacement=True, generator=g) + 10
+                return [nxt.tolist()]
+        return [row[len(prompt):].tolist() for row in out]
+
+
+@pytest.fixture
+def server(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from contrastkit.models import load_model
+
+    _, tok = load_model(str(tiny_model_dir))
+    _OpenAIStandIn.model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    _OpenAIStandIn.tok, _OpenAIStandIn.requests = tok, []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIStandIn)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_greedy_and_beam_records_match_hf_backend(tmp_path, tiny_model_dir, server, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "the cat saw"}, {"prompt": "a red king went to the"}, {"input_ids": [5, 6, 7]}]))
+    common = ["generate", "--model", str(tiny_model_dir), "--input", str(inp), "--strategy", "greedy,beam",
+              "--max_new_tokens", "6", "--min_new_tokens", "2", "--num_beams", "3", "--batch_size", "2"]
+    assert main([*common, "--output", str(tmp_path / "hf.jsonl")]) == 0
+    assert main([*common, "--output", str(tmp_path / "vllm.jsonl"), "--backend", "vllm",
+                 "--vllm_url", server]) == 0, capsys.readouterr().err
+    hf, vl = _records(tmp_path / "hf.jsonl"), _records(tmp_path / "vllm.jsonl")
+    assert len(hf) == len(vl) == 6
+    same = ("index", "model", "prompt", "text", "token_ids", "strategy", "params", "prompt_tokens", "new_tokens")
+    for a, b in zip(hf, vl):
+        assert {k: a[k] for k in same} == {k: b[k] for k in same}
+        assert b["backend"] == "vllm" and b["vllm_model"] == "tiny-served" and "backend" not in a
+    greedy = [r for r in _OpenAIStandIn.requests if not r.get("use_beam_search")]
+    beam = [r for r in _OpenAIStandIn.requests if r.get("use_beam_search")]
+    assert [len(r["prompt"]) for r in greedy] == [2, 1]  # --batch_size 2 -> one request per batch
+    assert greedy[0]["temperature"] == 0 and greedy[0]["min_tokens"] == 2 and greedy[0]["model"] == "tiny-served"
+    assert beam[0]["n"] == 3 and beam[0]["length_penalty"] == 1.0
+
+
+def test_sample_sends_run_seed_per_batch_and_is_reproducible(tmp_path, tiny_model_dir, server, capsys):
+    argv = ["generate", "--model", str(tiny_model_dir), "--backend", "vllm", "--vllm_url", server, "--strategy",
+            "sample", "--temperature", "0.7", "--top_p", "0.9", "--seed", "5", "--batch_size", "1",
+            "--max_new_tokens", "4", "the cat", "a dog"]
+    assert main([*argv, "--output", str(tmp_path / "a.jsonl")]) == 0
+    assert main([*argv, "--output", str(tmp_path / "b.jsonl")]) == 0
+    reqs = _OpenAIStandIn.requests
+    assert [r["seed"] for r in reqs] == [5, 6, 5, 6]  # seed + batch start, as the HF path seeds batches
+    assert reqs[0]["temperature"] == 0.7 and reqs[0]["top_p"] == 0.9 and reqs[0]["top_k"] == 0
+    a, b = _records(tmp_path / "a.jsonl"), _records(tmp_path / "b.jsonl")
+    assert [r["token_ids"] for r in a] == [r["token_ids"] for r in b] and a[0]["seed"] == 5
+
+
+@pytest.mark.parametrize("strategy, why", [
+    ("contrastive", "hidden states"), ("cd", "amateur"), ("dola", "premature layer"), ("rankgen", "RankGen")])
+def test_hidden_state_strategies_refused_with_reason(tmp_path, tiny_model_dir, strategy, why, capsys):
+    out = tmp_path / "o.jsonl"
+    code = main(["generate", "--model", str(tiny_model_dir), "--backend", "vllm", "--vllm_url", "http://127.0.0.1:9",
+                 "--strategy", strategy, "--output", str(out), "hi"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"strategy '{strategy}' cannot run with --backend vllm" in err and why in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--backend", "vlm", "--vllm_url", "http://x"], "Did you mean 'vllm'"),
+    (["--backend", "vllm"], "needs --vllm_url"),
+    (["--backend", "vllm", "--vllm_url", "http://127.0.0.1:9"], "did not answer"),
+    (["--backend", "vllm", "--vllm_url", "http://x", "--strategy", "beam", "--early_stopping", "true"],
+     "early_stopping"),
+])
+def test_bad_backend_input_is_one_line(tmp_path, tiny_model_dir, extra, match, capsys):
+    out = tmp_path / "o.jsonl"
+    code = main(["generate", "--model", str(tiny_model_dir), *extra, "--output", str(out), "hi"])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "Traceback" not in err and not out.exists()
