@@ -107,20 +107,6 @@ class HyPOConfig(DPOConfig):
         "help": "GPU memory fraction of the colocated vLLM engine (vllm-colocate), (0, 1]. trl's GRPO default."})
     vllm_tensor_parallel_size: int = field(default=1, metadata={
         "help": "Tensor-parallel size of the colocated vLLM engine (vllm-colocate); must divide the process count."})
-    # --- issue 15 (scale-out): vLLM weight sync; checked in contrastkit.alignment.vllm_sampler ---
-    hypo_sync_every: int = field(default=1, metadata={
-        "help": "Push the policy's weights to vLLM when they are this many optimizer steps old (>= 1); every batch "
-                "then samples from weights < hypo_sync_every steps old (1 = on-policy, the paper's setting). Ours."})
-    hypo_allow_off_policy: bool = field(default=False, metadata={
-        "help": "Accept samples from a server whose weights are never synced (hypo_sampler=vllm-http). The KL term "
-                "is then biased; the run summary records off_policy: true."})
-    vllm_lora_dir: str | None = field(default=None, metadata={
-        "help": "Where vllm-lora saves each adapter version (must be readable by the vLLM server; default "
-                "<output_dir>/vllm_lora)."})
-    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={
-        "help": "GPU memory fraction of the colocated vLLM engine (vllm-colocate), (0, 1]. trl's GRPO default."})
-    vllm_tensor_parallel_size: int = field(default=1, metadata={
-        "help": "Tensor-parallel size of the colocated vLLM engine (vllm-colocate); must divide the process count."})
 
     def __post_init__(self):
         _check_dpo_family(self)
@@ -138,9 +124,6 @@ class HyPOConfig(DPOConfig):
 
             raise UsageError(f"unknown hypo_sampler '{self.hypo_sampler}'.{did_you_mean(self.hypo_sampler, SAMPLERS)}"
                              f" Known: {', '.join(SAMPLERS)}")
-        from contrastkit.alignment.vllm_sampler import check_sampler_options
-
-        check_sampler_options(self)  # issue 15: sync_every range; unsynced samplers need the off-policy opt-in
         from contrastkit.alignment.vllm_sampler import check_sampler_options
 
         check_sampler_options(self)  # issue 15: sync_every range; unsynced samplers need the off-policy opt-in

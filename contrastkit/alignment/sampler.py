@@ -123,10 +123,6 @@ class VLLMHTTPSampler:
 
     def summary(self) -> dict:
         return {"name": "vllm-http", "off_policy": self.off_policy, "sync_every": None, "n_syncs": 0}
-    off_policy: bool = True  # the server's weights are never updated by this sampler
-
-    def summary(self) -> dict:
-        return {"name": "vllm-http", "off_policy": self.off_policy, "sync_every": None, "n_syncs": 0}
 
     def _post(self, path: str, payload: dict | None = None) -> dict:
         url = self.base_url.rstrip("/") + path

@@ -228,8 +228,6 @@ def run_training(method: str, script: TrainScriptConfig, cfg, *, trainer_kwargs:
         summary["loss_parts"] = HYPO_LOSS_PARTS
     if hasattr(getattr(trainer, "_sampler", None), "summary"):  # issue 15: sync_every, staleness, off_policy
         summary["sampler"] = trainer._sampler.summary()
-    if hasattr(getattr(trainer, "_sampler", None), "summary"):  # issue 15: sync_every, staleness, off_policy
-        summary["sampler"] = trainer._sampler.summary()
     if trainer.accelerator.is_main_process:
         with atomic_write(os.path.join(cfg.output_dir, "train_summary.json")) as f:
             json.dump(summary, f, indent=1, default=str)
