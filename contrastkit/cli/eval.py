@@ -9,6 +9,7 @@ from contrastkit.cli.main import dispatch
 TASKS = {
     "truthfulqa": ("contrastkit.cli.eval_truthfulqa", "TruthfulQA MC1/MC2/MC3 and generation"),
     "open-ended": ("contrastkit.cli.eval_open_ended", "rep-n, diversity, MAUVE, coherence on text prefixes"),
+    "compare": ("contrastkit.cli.eval_compare", "one table and plot across finished runs, with paired tests"),
 }
 
 

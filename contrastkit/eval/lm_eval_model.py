@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
 
 import torch
@@ -93,8 +94,10 @@ class _ContrastkitLMImpl:
         self.check_greedy, self.seed = bool(check_greedy), int(seed)
         model = pretrained if pretrained is not None else model
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
-            # lm-eval's CLI passes its default "cuda:0" everywhere; its hf backend falls back the same way
-            log.warning("contrastkit: device %r requested but CUDA is not available; using the loader's default", device)
+            # lm-eval's CLI passes its default "cuda:0" everywhere: without CUDA the loader picks the device.
+            # Only a --device the user typed is worth a warning.
+            if _CLI_STATE.get("user_device"):
+                log.warning("contrastkit: --device %r but CUDA is not available; using the loader's default", device)
             device = None
         if isinstance(model, str):
             self.model, self.tok = load_model(model, adapter=adapter, dtype=dtype, device=device)
@@ -290,13 +293,48 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def main() -> None:
-    """lm-eval's own command line, with the ``contrastkit`` model registered."""
-    register()
-    from lm_eval.__main__ import cli_evaluate
+_CLI_STATE: dict[str, bool] = {}
+_OFFLINE_ERRORS = ("ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "DatasetNotFoundError",
+                   "HFValidationError", "RepositoryNotFoundError")
 
-    cli_evaluate()
+
+def _one_line_error(e: BaseException) -> str | None:
+    """A one-line message for failures that are the user's setup (offline Hub, bad arguments), else None."""
+    if isinstance(e, UsageError):
+        return str(e)
+    chain, cur = [], e
+    while cur is not None and len(chain) < 8:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for err in chain:
+        if type(err).__name__ in _OFFLINE_ERRORS or isinstance(err, ConnectionError):
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            return (f"could not reach the Hugging Face Hub ({first[:200]}); lm-eval tasks download their data: "
+                    f"run once with network access to fill the datasets cache, or point the task at local files")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """lm-eval's own command line, with the ``contrastkit`` model registered; one-line errors, exit 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _CLI_STATE["user_device"] = any(a == "--device" or a.startswith("--device=") for a in argv)
+    try:
+        register()
+        from lm_eval.__main__ import cli_evaluate
+
+        saved, sys.argv = sys.argv, [sys.argv[0], *argv]
+        try:
+            cli_evaluate()
+        finally:
+            sys.argv = saved
+    except Exception as e:  # noqa: BLE001 - setup failures become one line; real bugs keep their traceback
+        msg = _one_line_error(e)
+        if msg is None:
+            raise
+        print(f"contrastkit lm-eval: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

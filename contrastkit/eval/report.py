@@ -15,7 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
-SETTINGS_SHOWN = ("preset", "gen_preset", "chat", "featurizer", "data", "max_new_tokens", "prefix_tokens", "limit")
+SETTINGS_SHOWN = ("preset", "gen_preset", "chat", "featurizer", "data", "max_new_tokens", "prefix_tokens", "start",
+                  "limit")
 N_BOOT = 2000
 
 
@@ -140,6 +141,7 @@ def markdown_table(summary: dict, columns: list[str] | None = None) -> str:
         lines += ["", "Cells: mean ±standard error (ddof=1, as lm-eval) [95% percentile bootstrap CI, "
                       f"{N_BOOT} resamples of the items]."]
     lines += paired_markdown(summary.get("paired", []), summary)
+    lines += breakdown_markdown(summary)
     helps = summary.get("metric_help", {})
     shown = [c for c in columns if c in helps]
     if shown:
@@ -164,6 +166,21 @@ def paired_markdown(rows: list[dict], summary: dict) -> list[str]:
     return out
 
 
+def breakdown_markdown(summary: dict, key: str = "category") -> list[str]:
+    """Per-category table (TruthfulQA ``Category``/``Type``): rows = groups, columns = runs, cell = first metric."""
+    runs = {k: s["breakdown"][key] for k, s in summary.get("strategies", {}).items() if s.get("breakdown", {}).get(key)}
+    metric = next(iter(summary.get("item_metrics", [])), None)
+    if not runs or metric is None:
+        return []
+    groups = sorted({g for b in runs.values() for g in b})
+    out = ["", f"## {metric_label(summary, metric)} by {key} (n per group in parentheses)", "",
+           "| " + " | ".join([key, *runs]) + " |", "|" + "---|" * (len(runs) + 1)]
+    for g in groups:
+        cells = [f"{_fmt(b[g].get(metric))} ({b[g]['n']})" if g in b else "-" for b in runs.values()]
+        out.append("| " + " | ".join([g, *cells]) + " |")
+    return out
+
+
 def _direction(summary: dict, metric: str) -> str:
     better = summary.get("higher_is_better", {}).get(metric)
     return "" if better is None else (" (higher is better)" if better else " (lower is better)")
@@ -176,7 +193,7 @@ def write_plots(summary: dict, out: Path, specs: list) -> list[str]:
     quantity and which direction is better; scatter points are told apart by a legend, not by
     text placed next to them (labels never overlap).
     """
-    if not specs or not summary.get("strategies"):
+    if not summary.get("strategies"):
         return []
     import matplotlib
 
@@ -220,7 +237,32 @@ def write_plots(summary: dict, out: Path, specs: list) -> list[str]:
         fig.savefig(out / fname, dpi=100)
         plt.close(fig)
         written.append(fname)
+    if any(s.get("breakdown", {}).get("category") for s in runs.values()) and specs:
+        written.append(_category_plot(summary, out, plt))
     return written
+
+
+def _category_plot(summary: dict, out: Path, plt) -> str:
+    """Horizontal bars: the first per-item metric per category, one bar per run."""
+    runs = {k: s["breakdown"]["category"] for k, s in summary["strategies"].items()
+            if s.get("breakdown", {}).get("category")}
+    metric = summary["item_metrics"][0]
+    groups = sorted({g for b in runs.values() for g in b})
+    fig, ax = plt.subplots(figsize=(8, max(4, 0.28 * len(groups) * max(1, len(runs)) ** 0.5 + 1)))
+    height = 0.8 / len(runs)
+    for j, (label, b) in enumerate(runs.items()):
+        ys = [i + j * height for i in range(len(groups))]
+        ax.barh(ys, [b.get(g, {}).get(metric, 0.0) for g in groups], height, label=label)
+    ax.set_yticks([i + height * (len(runs) - 1) / 2 for i in range(len(groups))],
+                  [f"{g} (n={max(b.get(g, {}).get('n', 0) for b in runs.values())})" for g in groups], fontsize=7)
+    ax.set_xlabel(metric_label(summary, metric) + _direction(summary, metric))
+    ax.set_ylabel("TruthfulQA category")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{summary.get('task')} by category ({summary.get('model')})")
+    fig.tight_layout()
+    fig.savefig(out / "by_category.png", dpi=100)
+    plt.close(fig)
+    return "by_category.png"
 
 
 def _has_ci(runs: dict, names) -> bool:

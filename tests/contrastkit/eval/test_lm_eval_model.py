@@ -193,3 +193,31 @@ def test_smollm2_rolling_and_generation(smollm2, shared_data):
     full = generate(model, tok, [tok(prompt, add_special_tokens=False)["input_ids"]], "contrastive",
                     max_new_tokens=24, penalty_alpha=0.6, top_k=4)[0].text
     assert out.strip() and out == full.split("\nQ:")[0].split("\n\n")[0]
+
+
+def test_plugin_cli_offline_is_one_line_exit_2(tiny_model_dir, capsys, monkeypatch, caplog):
+    """Offline, lm-eval's dataset download fails: one line, exit 2, and no 'cuda:0 requested' on a CPU machine."""
+    pytest.importorskip("lm_eval")
+    import datasets
+
+    from contrastkit.eval import lm_eval_model
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    code = lm_eval_model.main(["--model", "contrastkit", "--model_args", f"model={tiny_model_dir}",
+                               "--tasks", "truthfulqa_mc1", "--limit", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "contrastkit lm-eval: error: could not reach the Hugging Face Hub" in err
+    assert "Traceback" not in err and "requested" not in err + caplog.text
+
+
+def test_one_line_error_walks_the_exception_chain():
+    from contrastkit.eval.lm_eval_model import _one_line_error
+
+    try:
+        try:
+            raise OSError("OfflineModeIsEnabled: no network")
+        except OSError as inner:
+            raise ConnectionError("Couldn't reach 'x/y' on the Hub") from inner
+    except ConnectionError as e:
+        assert "Couldn't reach 'x/y'" in _one_line_error(e)
+    assert _one_line_error(ValueError("a real bug")) is None
