@@ -52,6 +52,18 @@ class GenerateArgs:
     chat: bool = field(default=False, metadata={"help": "Apply the chat template to text prompts."})
     stream: bool = field(default=False, metadata={"help": "Stream tokens to stdout (one prompt, one strategy)."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per left-padded batch."})
+    # issue 11: HF's own repetition penalty and stop strings, for every strategy (contrastkit.generate)
+    repetition_penalty: float | None = field(default=None, metadata={
+        "help": "HF repetition penalty (> 0, 1 = off); default: the strategy's (1.2 for dola, else 1.0)."})
+    stop: list[str] | None = field(default=None, metadata={
+        "help": "Stop string(s), comma-separated: a row stops once its text ends with one (kept in the text)."})
+    # issue 15: greedy/sample/beam on a vLLM server instead of a local model (contrastkit/vllm_backend.py)
+    backend: str = field(default="hf", metadata={
+        "help": "hf (load the model here) or vllm (send greedy/sample/beam to --vllm_url; the tokenizer of --model "
+                "encodes the prompts)."})
+    vllm_url: str | None = field(default=None, metadata={"help": "vLLM OpenAI-compatible server URL (--backend vllm)."})
+    vllm_model: str | None = field(default=None, metadata={
+        "help": "Model name on the vLLM server (--backend vllm; default: the first one it lists)."})
 
 
 def build_parser(strategy_names: list[str]) -> ArgumentParser:
@@ -146,6 +158,10 @@ def run(argv: list[str]) -> int:
         from contrastkit.decoding.base import get_strategy
 
         get_strategy(name).make_config(**params[name])
+    if opts.backend != "hf":  # issue 15: no local model; records as below (contrastkit/vllm_backend.py)
+        from contrastkit.vllm_backend import cli_generate, write_records
+
+        return write_records(opts, model_cfg, names, prompts, cli_generate(opts, model_cfg, names, params, prompts))
 
     from contrastkit.generation import generate
     from contrastkit.models import load_model
@@ -162,7 +178,8 @@ def run(argv: list[str]) -> int:
 
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     common = dict(max_new_tokens=opts.max_new_tokens, min_new_tokens=opts.min_new_tokens, chat=opts.chat,
-                  batch_size=opts.batch_size, seed=opts.seed, streamer=streamer)
+                  batch_size=opts.batch_size, seed=opts.seed, streamer=streamer,
+                  repetition_penalty=opts.repetition_penalty, stop=opts.stop)
     state, mine = _process_shard(len(prompts))
     shard = {}
     for name in names:  # progress per token (not per batch) for --input runs, on the main process only

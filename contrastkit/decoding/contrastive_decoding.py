@@ -330,32 +330,58 @@ class ContrastSession:
         return fused[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
 
 
-def select_tokens(scores: torch.Tensor, fallback: torch.Tensor, cfg, generator) -> torch.LongTensor:
-    """Argmax (or sample) of the processed fused scores; rows with no finite score use ``fallback``."""
-    dead = ~torch.isfinite(scores).any(dim=-1, keepdim=True)  # (B, 1): a processor removed every head token
-    scores = torch.where(dead, fallback, scores)
-    if not cfg.sampling:
+# Off the plausibility head, a token's score is set this far below the head's lowest score (plus the
+# expert's log-prob, so the order there is the expert's): every token then has a finite score and
+# the user's processors run once per step on one tensor. The head always outranks the rest.
+OFF_HEAD_GAP = 1e4
+
+
+def fill_off_head(fused: torch.Tensor, expert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V) fused scores with -inf off the head -> (finite scores, (B, V) bool head mask)."""
+    head = torch.isfinite(fused)
+    floor = torch.where(head, fused, torch.inf).amin(-1, keepdim=True)  # (B, 1): the head is never empty
+    off = floor - OFF_HEAD_GAP + (expert - expert.amax(-1, keepdim=True))
+    return torch.where(head, fused, off), head
+
+
+def select_tokens(scores: torch.Tensor, head: torch.Tensor, sampling: bool, temperature: float,
+                  generator) -> torch.LongTensor:
+    """Argmax (or sample) of the processed scores on the head; a row whose processors removed every head
+    token picks among the rest (ordered by the expert's log-prob, as processed)."""
+    alive = (head & torch.isfinite(scores)).any(dim=-1, keepdim=True)  # (B, 1)
+    scores = scores.masked_fill(alive & ~head, float("-inf"))
+    if not sampling:
         return scores.argmax(-1)
-    probs = torch.softmax(scores / cfg.temperature, dim=-1)  # (B, V)
+    probs = torch.softmax(scores / temperature, dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 @torch.no_grad()
 def contrast_loop(model, input_ids, logits_processor, stopping_criteria, generation_config, cfg,
                   token_streamer=None, **model_kwargs):
-    """The one generate loop of the family: fused scores -> processors -> argmax / sample."""
+    """The one generate loop of the family: fused scores -> processors (once per step) -> argmax / sample.
+
+    ``do_sample=True`` (from ``generate()`` or the model's ``generation_config.json``) samples, as
+    ``sampling=True`` does: HF's warpers (temperature, top-k, top-p) are then among the processors
+    and apply to the fused scores, before this strategy's own ``temperature``.
+    """
+    if model.config.is_encoder_decoder:
+        raise UsageError("the contrastive-decoding family (cd, icd, dola, lol) supports decoder-only models; "
+                         f"{type(model).__name__} is encoder-decoder: use greedy, sample, beam or contrastive")
     amateur = resolve_amateur(model, cfg.amateur)
     session = ContrastSession(model, cfg, amateur, input_ids, model_kwargs.get("attention_mask"))
+    sampling = cfg.sampling or bool(getattr(generation_config, "do_sample", False))
     generator = None
-    if cfg.sampling and cfg.seed is not None:
+    if sampling and cfg.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(cfg.seed)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     stream(token_streamer, input_ids)
     fused, expert = session.prefill()  # (B, V) each
     while True:
-        scores = logits_processor(input_ids, fused)
-        fallback = logits_processor(input_ids, expert)
-        next_tokens = keep_finished_padded(select_tokens(scores, fallback, cfg, generator), unfinished, generation_config)
+        filled, head = fill_off_head(fused, expert)
+        scores = logits_processor(input_ids, filled)
+        next_tokens = select_tokens(scores, head, sampling, cfg.temperature, generator)
+        next_tokens = keep_finished_padded(next_tokens, unfinished, generation_config)
         input_ids = torch.cat([input_ids, next_tokens[:, None]], dim=-1)
         stream(token_streamer, next_tokens)
         unfinished &= ~stopping_criteria(input_ids, scores)

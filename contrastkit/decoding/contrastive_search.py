@@ -223,6 +223,10 @@ def contrastive_search(
         ...                      max_new_tokens=32)  # doctest: +SKIP
     """
     config = ContrastiveSearchConfig(penalty_alpha, top_k, candidate_pass)  # validate direct callers too
+    if getattr(generation_config, "do_sample", False):
+        raise UsageError("contrastive search is deterministic, but do_sample=True (given to generate() or set in the "
+                         "model's generation_config.json) would reshape its p with temperature/top-k/top-p warpers; "
+                         "pass do_sample=False (transformers 4.55 ran sampling instead of contrastive search here)")
     vocab = model.config.get_text_config().vocab_size
     check_range("top_k", config.top_k, 1, vocab)
     with torch.no_grad():

@@ -16,9 +16,24 @@ How it gets its inputs without a second expert pass:
   them one token per call (the first call of a sequence prefills them on the prompt).
 
 The fused scores it returns equal the strategy path's (``contrastkit.generate(..., "lol")``), so
-greedy HF ``generate`` with this processor picks the same tokens (tested). The processor should
-come first in the list, since it reads ``scores`` as the expert's raw logits. Left padding is
-inferred from leading pad tokens (``model.generation_config.pad_token_id``); pass
+greedy HF ``generate`` with this processor picks the same tokens (tested).
+
+Limits, by design:
+
+* HF runs its own processors (``repetition_penalty``, ``min_new_tokens``, ``no_repeat_ngram_size``,
+  ...) *before* user processors, so this processor cannot come first. It reads the expert's raw
+  last-position logits from a forward hook and raises a :class:`UsageError` when the ``scores``
+  it is handed differ from them (something ran before it), instead of fusing processed scores
+  into a different rule than the strategy path's. For those options use ``contrastkit.generate``
+  or ``model.generate(custom_generate=contrastkit.decoding.lol)``, which apply them to the
+  fused scores. Warpers that HF adds *after* user processors (``do_sample=True``) see the fused
+  scores, as the strategy path's sampling does.
+* A new ``generate`` call is detected from the sequence itself: the state carries over only when
+  the new ``input_ids`` extend the previous call's by exactly one token with the same prefix
+  (which is what the next step of the same call looks like); anything else starts afresh.
+  :meth:`ContrastLogitsProcessor.reset` forces a fresh start.
+
+Left padding is inferred from leading pad tokens (``model.generation_config.pad_token_id``); pass
 ``attention_mask=`` when a prompt may legitimately start with the pad token.
 """
 
@@ -31,6 +46,7 @@ from transformers import LogitsProcessor
 
 from contrastkit.decoding.amateur import decoder_layers, final_norm, model_layers, num_layers, resolve_amateur
 from contrastkit.decoding.base import get_strategy
+from contrastkit.errors import UsageError
 
 
 class ContrastLogitsProcessor(LogitsProcessor):
@@ -58,12 +74,28 @@ class ContrastLogitsProcessor(LogitsProcessor):
         self.amateur = resolve_amateur(model, self.config.amateur)
         self.attention_mask = attention_mask
         self.session = None
-        self._length = -1
+        self._seen: torch.Tensor | None = None  # the input_ids of the previous call (a continuation extends them)
         self._own_call = False
         self._captured: dict[int, torch.Tensor] = {}
+        self._raw: torch.Tensor | None = None  # the expert's raw last-position logits of its latest forward
         needs_low = self.amateur.kind == "none" or self.config.lower_weight != 0
         self.layers = model_layers(model, self.config.lower_layer) if needs_low else ()
         self._hooks = [self._hook_module(j).register_forward_hook(self._recorder(j)) for j in self.layers]
+        self._hooks.append(model.register_forward_hook(self._logits_recorder))
+
+    def reset(self) -> None:
+        """Forget the previous sequence: the next call starts a new generation (prefills the streams)."""
+        self.session, self._seen, self._raw = None, None, None
+        self._captured.clear()
+
+    def _logits_recorder(self, module, args, output):
+        if self._own_call:
+            return
+        logits = getattr(output, "logits", None)
+        if logits is None and isinstance(output, tuple):
+            logits = output[0]
+        if logits is not None:
+            self._raw = logits[:, -1].detach()
 
     def _hook_module(self, j: int):
         if j == 0:
@@ -101,17 +133,36 @@ class ContrastLogitsProcessor(LogitsProcessor):
             return None
         return ((input_ids != pad).long().cumsum(-1) > 0).long()  # leading pads only
 
+    def _continues(self, input_ids) -> bool:
+        """True iff ``input_ids`` is the previous call's sequence plus one token (the same generation)."""
+        prev = self._seen
+        if self.session is None or prev is None or input_ids.shape[0] != prev.shape[0]:
+            return False
+        if input_ids.shape[1] != prev.shape[1] + 1:
+            return False
+        return bool(torch.equal(input_ids[:, :-1], prev))
+
+    def _check_raw(self, scores) -> None:
+        if self._raw is None or self._raw.shape != scores.shape:
+            return
+        if not torch.equal(self._raw.to(scores.device, torch.float32), scores.float()):
+            raise UsageError(
+                "ContrastLogitsProcessor needs the expert's raw logits, but a logits processor ran before it "
+                "(HF applies repetition_penalty, min_new_tokens, no_repeat_ngram_size, ... before user processors); "
+                "use contrastkit.generate(..., strategy) or model.generate(custom_generate=<strategy>), which apply "
+                "them to the fused scores")
+
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids: (B, T) the sequences so far; scores: (B, V) expert logits -> (B, V) fused scores."""
-        B, T = input_ids.shape
+        self._check_raw(scores)
         hidden = [None] * (num_layers(self.model) + 1)
         for j in self.layers:
             hidden[j] = self._captured[j]
         expert = (scores.float()[:, None], hidden)  # (B, 1, V) like the session's own outputs
         self._own_call = True
         try:
-            if self.session is None or T != self._length + 1 or B != self.session.B:  # a new generate call
+            if not self._continues(input_ids):  # a new generate call (or a reset)
                 self.session = self._session_cls(self.model, self.config, self.amateur, input_ids,
                                                  self._prompt_mask(input_ids), external_expert=True)
                 fused, _ = self.session.prefill(expert)
@@ -119,5 +170,5 @@ class ContrastLogitsProcessor(LogitsProcessor):
                 fused, _ = self.session.step(input_ids[:, -1], expert)
         finally:
             self._own_call = False
-        self._length = T
+        self._seen = input_ids.clone()
         return fused

@@ -56,3 +56,24 @@ def test_prompt_longer_than_context(tiny_llama, tiny_tok):
     long_prompt = "the cat saw a dog " * 200
     with pytest.raises(UsageError, match="exceeds the model's context of 512"):
         contrastkit.generate(tiny_llama, tiny_tok, long_prompt, max_new_tokens=8)
+
+
+def test_cli_repetition_penalty_stop_and_processor_records(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from contrastkit.cli.generate import main
+
+    out = tmp_path / "out.jsonl"
+    args = ["the cat", "--model", str(tiny_model_dir), "--max_new_tokens", "6", "--output", str(out)]
+    assert main(args + ["--strategy", "greedy,dola", "--repetition_penalty", "1.3", "--stop", "zzz,qqq"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["strategy"] for r in recs] == ["greedy", "dola"]
+    for r in recs:
+        assert r["repetition_penalty"] == 1.3 and r["stop"] == ["zzz", "qqq"]
+        assert any(p.startswith("RepetitionPenaltyLogitsProcessor(penalty=1.3") for p in r["processors"])
+    assert main(args + ["--strategy", "greedy,dola"]) == 0  # defaults: dola 1.2, greedy none
+    recs = {r["strategy"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert recs["dola"]["repetition_penalty"] == 1.2 and recs["greedy"]["processors"] == []
+    capsys.readouterr()
+    assert main(args + ["--repetition_penalty", "0"]) == 2
+    assert "repetition_penalty must be > 0" in capsys.readouterr().err

@@ -136,6 +136,7 @@ LOL_CASES = {
     "lambda": dict(lam=0.5, gam=0.0),
     "gamma": dict(lam=0.0, gam=0.5),
     "both": dict(lam=0.5, gam=0.5),
+    "both_final_norm": dict(lam=0.5, gam=0.5, norm=True),
 }
 
 
@@ -147,7 +148,7 @@ def test_lol_equals_reference(pairs, tiny_tok, arch, seed, case):
     w = LOL_CASES[case]
     layers = [1, 2, 3]
     got = fast(expert, tiny_tok, "lol", PROMPTS, amateur=amateur, lower_layer="1,2,3", lower_weight=w["lam"],
-               refocus_weight=w["gam"], refocus_ids=INSTR, repetition_penalty=1.2)
+               refocus_weight=w["gam"], refocus_ids=INSTR, final_norm=w.get("norm", False), repetition_penalty=1.2)
     for p, g in zip(PROMPTS, got):
         ids = tiny_tok(p)["input_ids"]
         ref, _ = reference(expert, amateur, ids, layers=layers, rep=1.2, eos=tiny_tok.eos_token_id, **w)

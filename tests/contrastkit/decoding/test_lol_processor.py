@@ -48,8 +48,65 @@ def test_processor_equals_strategy(models, tiny_tok, strategy, params):
     E, A = models
     if strategy != "dola":
         params = dict(params, amateur=A)
-    ref = [r.token_ids for r in contrastkit.generate(E, tiny_tok, PROMPTS, strategy, max_new_tokens=6, **params)]
+    ref = [r.token_ids for r in contrastkit.generate(E, tiny_tok, PROMPTS, strategy, max_new_tokens=6,
+                                                     repetition_penalty=1.0, **params)]
     assert hf_with_processor(E, tiny_tok, strategy=strategy, **params) == ref
+
+
+def hf_one(model, ids, proc, n=6, **kw):
+    out = model.generate(torch.tensor([ids]), logits_processor=[proc], do_sample=False, max_new_tokens=n,
+                         min_new_tokens=0, **kw)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("relation", ["one_longer", "same_length", "shorter", "much_longer", "continuation"])
+def test_reused_processor_equals_fresh_for_every_length_relation(models, tiny_tok, relation):
+    """A reused processor detects a new generate call from the sequence (its prefix), whatever the lengths.
+
+    The old rule ('new call iff T != last T + 1') carried the first call's state into a second call whose
+    prompt is exactly one token longer than the first call's last length.
+    """
+    E, A = models
+    params = dict(amateur=A, lower_layer="1,3", refocus_ids=[9, 10])
+    first = tiny_tok("the dog saw a bird")["input_ids"]  # 5 new tokens without EOS
+    n = 5
+    reused = ContrastLogitsProcessor(E, **params)
+    out1 = hf_one(E, first, reused, n)
+    last = len(first) + n - 1  # the longest input_ids the processor saw
+    other = tiny_tok("the dog was red and the king saw a bird on the road by the river in the city")["input_ids"]
+    second = {
+        "one_longer": other[:last + 1], "same_length": other[:last], "shorter": other[:3],
+        "much_longer": other[:last + 4], "continuation": first + out1,
+    }[relation]
+    assert len(second) == {"one_longer": last + 1, "same_length": last, "shorter": 3, "much_longer": last + 4,
+                           "continuation": last + 1}[relation]
+    fresh = ContrastLogitsProcessor(E, **params)
+    try:
+        assert hf_one(E, second, reused) == hf_one(E, second, fresh)
+        reused.reset()  # reset() also gives a fresh start, even for a sequence that looks like a continuation
+        assert hf_one(E, second, reused) == hf_one(E, second, fresh)
+    finally:
+        reused.remove()
+        fresh.remove()
+
+
+@pytest.mark.parametrize("hf_option", [dict(repetition_penalty=1.2), dict(min_new_tokens=3)])
+def test_processor_refuses_hf_processors_that_run_before_it(models, tiny_tok, hf_option):
+    """HF puts its own processors first; the processor then sees processed scores and says so."""
+    from contrastkit.errors import UsageError
+
+    E, A = models
+    proc = ContrastLogitsProcessor(E, amateur=A, lower_layer="1,3", refocus_ids=[9, 10])
+    ids = torch.tensor([tiny_tok(PROMPTS[1])["input_ids"]])
+    try:
+        with pytest.raises(UsageError, match="ran before it"):
+            E.generate(ids, logits_processor=[proc], do_sample=False, max_new_tokens=4, **hf_option)
+        # the strategy path applies the same option to the fused scores
+        ref = contrastkit.generate(E, tiny_tok, PROMPTS[1], "lol", max_new_tokens=4, amateur=A, lower_layer="1,3",
+                                   refocus_ids=[9, 10], **hf_option)
+        assert ref[0].new_tokens >= hf_option.get("min_new_tokens", 1)
+    finally:
+        proc.remove()
 
 
 def test_processor_reused_across_calls_and_in_pipeline(models, tiny_tok):
