@@ -1,6 +1,7 @@
 """DPO vs HyPO vs T-REG on the embedded SmolLM2 with LoRA on CPU, against plain trl DPO in the same run.
 
-    .venv/bin/python benchmarks/trainers.py --steps 30 --json /tmp/pref.json
+    .venv/bin/python benchmarks/trainers.py --data hh_rlhf/harmless-base_test.jsonl.gz --steps 30 --json /tmp/pref.json
+    .venv/bin/python benchmarks/trainers.py --seeds 0,1,2 --methods trl-dpo,dpo,hypo ...   # mean and spread
 
 For each method (plain ``trl.DPOTrainer`` = ``trl-dpo``, our ``dpo``, ``hypo``, ``treg``) it trains a
 fresh LoRA adapter on the same HH-RLHF harmless-base pairs (short rows only, so CPU runs take
@@ -15,7 +16,12 @@ minutes), then measures on held-out pairs:
 * step time (median over steps after the first), T-REG's one-off precompute, HyPO's
   sampling/KL-loss split.
 
-It prints one table with ratios against ``trl-dpo`` and writes everything with ``--json``.
+It prints one table with ratios against ``trl-dpo`` and writes everything with ``--json``. With
+``--seeds`` every method is run once per seed (data order, LoRA init, sampling) and the table shows
+the mean and the spread (sample standard deviation) over seeds; ratios are of the means.
+
+``--data`` defaults to the Hub id ``Anthropic/hh-rlhf`` (resolved to a local copy under
+``$CONTRASTKIT_DATA`` when there is one); pass a local harmless-base ``.jsonl.gz`` offline.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-HH = "hh_rlhf/harmless-base_test.jsonl.gz"
+HH = "Anthropic/hh-rlhf"
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=None, help="HH-RLHF jsonl.gz (default ../shared/data/" + HH + ")")
+    p.add_argument("--data", default=HH, help="HH-RLHF harmless-base pairs: a local .jsonl.gz, a datasets folder, "
+                   "or a Hub id (default " + HH + ", via $CONTRASTKIT_DATA when set)")
     p.add_argument("--methods", default="trl-dpo,dpo,hypo,treg")
     p.add_argument("--train", type=int, default=64, help="training pairs")
     p.add_argument("--eval", type=int, default=32, help="held-out pairs")
@@ -54,15 +61,16 @@ def parse_args(argv=None):
     p.add_argument("--treg_alpha", type=float, default=0.25)
     p.add_argument("--lora_r", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds: run every method once per seed")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
 
 def load_pairs(args, tok):
     from contrastkit.alignment.data import load_preference_data
+    from contrastkit.io import resolve_data
 
-    path = args.data or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", HH)
-    ds = load_preference_data(path, limit=1500, drop_invalid=True)
+    ds = load_preference_data(resolve_data(args.data), limit=1500, drop_invalid=True)
     n_p = [len(x) for x in tok(list(ds["prompt"]), add_special_tokens=False)["input_ids"]]
     n_c = [len(x) for x in tok(list(ds["chosen"]), add_special_tokens=False)["input_ids"]]
     n_r = [len(x) for x in tok(list(ds["rejected"]), add_special_tokens=False)["input_ids"]]
@@ -224,17 +232,32 @@ def baseline_row(args, eval_ds):
             "sample_eos_rate": eos}
 
 
+def aggregate(rows):
+    """One row per method: mean of every numeric field over seeds, and ``<field>_sd`` (sample std, 0 for one seed)."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        agg = {"method": method, "seeds": [r.get("seed") for r in mine]}
+        for key, value in mine[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seed":
+                vals = [r[key] for r in mine if r.get(key) is not None]
+                agg[key] = statistics.mean(vals)
+                agg[key + "_sd"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(agg)
+    return out
+
+
 def print_table(rows):
     base = next((r for r in rows if r["method"] == "trl-dpo"), None)
-    print(f"\n{'method':<8} {'acc':>6} {'margin':>8} {'KL':>8} {'len':>6} {'step s':>7} {'step/trl':>8} "
-          f"{'KL/trl':>7} {'len/trl':>7} {'EOS%':>5}")
+    pm = lambda r, key, f: f"{r[key]:{f}}±{r.get(key + '_sd', 0):{f}}" if r.get(key) is not None else "-"  # noqa: E731
+    print(f"\n{'method':<8} {'acc':>13} {'KL to ref':>15} {'len':>11} {'EOS%':>5} {'step s':>13} {'step/trl':>8}")
     for r in rows:
         step = r.get("step_seconds")
-        ratio = lambda key: (f"{r[key] / base[key]:.3f}" if base and base.get(key) else "-")  # noqa: E731
-        print(f"{r['method']:<8} {r['heldout_acc']:>6.3f} {r['heldout_margin']:>8.4f} {r['kl_to_ref']:>8.4f} "
-              f"{r['sample_len']:>6.1f} {step if step is None else round(step, 3)!s:>7} "
-              f"{ratio('step_seconds') if step else '-':>8} {ratio('kl_to_ref'):>7} {ratio('sample_len'):>7} "
-              f"{100 * r['sample_eos_rate']:>5.0f}")
+        ratio = f"{step / base['step_seconds']:.3f}" if step and base and base.get("step_seconds") else "-"
+        print(f"{r['method']:<8} {pm(r, 'heldout_acc', '.3f'):>13} {pm(r, 'kl_to_ref', '.3f'):>15} "
+              f"{pm(r, 'sample_len', '.1f'):>11} {100 * r['sample_eos_rate']:>5.0f} "
+              f"{pm(r, 'step_seconds', '.2f') if step else '-':>13} {ratio:>8}")
+    print("(mean ± sample std over seeds; step/trl = ratio of mean step times measured in the same run)")
 
 
 def main(argv=None):
@@ -243,20 +266,26 @@ def main(argv=None):
 
     _, tok = load_model("smollm2", purpose="train")
     train_ds, eval_ds = load_pairs(args, tok)
-    rows = [baseline_row(args, eval_ds)]
-    for method in args.methods.split(","):
-        t0 = time.perf_counter()
-        rows.append(run_method(method, args, train_ds, eval_ds))
-        print(f"[{method}] done in {time.perf_counter() - t0:.0f}s: " + json.dumps(
-            {k: v for k, v in rows[-1].items() if not isinstance(v, list)}), flush=True)
-    trl_losses = next((r["losses"] for r in rows if r["method"] == "trl-dpo"), None)
-    ours = next((r["losses"] for r in rows if r["method"] == "dpo"), None)
-    if trl_losses and ours:
-        print(f"max |loss(dpo) - loss(trl-dpo)| over steps: {max(abs(a - b) for a, b in zip(trl_losses, ours)):.3g}")
-    print_table(rows)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    rows = []
+    for seed in seeds:
+        args.seed = seed
+        rows.append({**baseline_row(args, eval_ds), "seed": seed})
+        for method in args.methods.split(","):
+            t0 = time.perf_counter()
+            rows.append({**run_method(method, args, train_ds, eval_ds), "seed": seed})
+            print(f"[{method} seed {seed}] done in {time.perf_counter() - t0:.0f}s: " + json.dumps(
+                {k: v for k, v in rows[-1].items() if not isinstance(v, list)}), flush=True)
+        trl_losses = next((r["losses"] for r in rows if r["method"] == "trl-dpo" and r["seed"] == seed), None)
+        ours = next((r["losses"] for r in rows if r["method"] == "dpo" and r["seed"] == seed), None)
+        if trl_losses and ours:
+            print(f"seed {seed}: max |loss(dpo) - loss(trl-dpo)| over steps: "
+                  f"{max(abs(a - b) for a, b in zip(trl_losses, ours)):.3g}")
+    table = aggregate(rows)
+    print_table(table)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"args": vars(args), "seeds": seeds, "rows": rows, "aggregate": table}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -148,6 +148,10 @@ class TREGConfig(DPOConfig):
         "help": "Contrastive 'worse' prompt; must contain {prompt}."})
     treg_token_reduction: str = field(default="sum", metadata={
         "help": "Reduce the regularizer over tokens by 'sum' (the paper's equation) or 'mean'."})
+    treg_rewards: str = field(default="lazy", metadata={
+        "help": "When token rewards are computed: 'lazy' (when a batch first needs a row, so a short run pays "
+                "only for the rows it sees) or 'eager' (every row at start, with a progress bar). Both are cached "
+                "in output_dir and reused on resume."})
     treg_reward_batch_size: int = field(default=4, metadata={
         "help": "Batch size of the one-off token-reward precompute with the frozen reference (>= 1)."})
 
@@ -160,6 +164,10 @@ class TREGConfig(DPOConfig):
         if self.treg_token_reduction not in ("sum", "mean"):
             raise UsageError(f"treg_token_reduction must be 'sum' or 'mean', got {self.treg_token_reduction!r}")
         check_range("treg_reward_batch_size", self.treg_reward_batch_size, 1)
+        if self.treg_rewards not in ("lazy", "eager"):
+            raise UsageError(f"treg_rewards must be 'lazy' or 'eager', got {self.treg_rewards!r}")
+        if self.truncation_mode not in ("keep_start", "keep_end"):
+            raise UsageError(f"truncation_mode must be 'keep_start' or 'keep_end', got {self.truncation_mode!r}")
         if self.precompute_ref_log_probs:
             raise UsageError("T-REG needs per-token reference log-probs; set precompute_ref_log_probs to false")
         super().__post_init__()

@@ -109,7 +109,11 @@ def _load_hub_or_repo(source: str, config: str | None, split: str):
     import datasets
 
     try:
-        return datasets.load_dataset(source, name=config, split=split)
+        # a local folder is re-read every time: datasets keys its cache by the folder's name and config, not
+        # by the files' content, so an edited folder (or another one of the same name) would read stale rows
+        local = Path(source).exists()
+        return datasets.load_dataset(source, name=config, split=split, download_mode="force_redownload" if local
+                                     else None, verification_mode="no_checks" if local else None)
     except Exception as e:  # noqa: BLE001 - datasets raises many types (offline, not found, bad config)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = "" if Path(source).exists() else " (a Hub id needs network; pass a local file or folder offline)"

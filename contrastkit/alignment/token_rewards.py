@@ -27,9 +27,11 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from contrastkit.alignment.losses import token_rewards_from_logps
 
 __all__ = ["tokenize_pairs", "context_ids", "completion_logps", "compute_token_rewards", "cached_token_rewards",
-           "TokenRewardCollator", "render_heatmap", "reference_model_hash", "reference_adapter", "reference_context"]
+           "TokenRewardCollator", "LazyTokenRewards", "align_token_rewards", "cache_path", "render_heatmap",
+           "reference_model_hash", "reference_adapter", "reference_context", "LAZY_ROW"]
 
 COLUMNS = ("chosen_token_rewards", "rejected_token_rewards")
+LAZY_ROW = "treg_row"  # dataset column: (split number << 40) + row index, for lazily computed rewards
 
 
 def _wrap_prompt(prompt, template: str):
@@ -162,14 +164,22 @@ def _dataset_hash(dataset, better: str, worse: str, max_length, model_hash: str,
     return h.hexdigest()[:16]
 
 
+def cache_path(dataset, cache_dir: str | Path, name: str, *, model_hash: str, better: str, worse: str, max_length,
+               truncation_mode: str = "keep_start") -> Path:
+    """The reward cache file of ``dataset``: keyed by its token ids, prompts, templates, max_length,
+    truncation mode and the reference weights (and nothing else)."""
+    key = _dataset_hash(dataset, better, worse, max_length, model_hash, truncation_mode)
+    return Path(cache_dir) / f"treg_token_rewards-{name}-{key}.json"
+
+
 def cached_token_rewards(dataset, cache_dir: str | Path, name: str, compute, *, model_hash: str, better: str,
                          worse: str, max_length, truncation_mode: str = "keep_start") -> tuple:
     """Add the reward columns to ``dataset``, computing them with ``compute()`` only on a cache miss.
 
     Returns ``(dataset_with_columns, cache_path, was_cached)``. The cache file is written atomically.
     """
-    key = _dataset_hash(dataset, better, worse, max_length, model_hash, truncation_mode)
-    path = Path(cache_dir) / f"treg_token_rewards-{name}-{key}.json"
+    path = cache_path(dataset, cache_dir, name, model_hash=model_hash, better=better, worse=worse,
+                      max_length=max_length, truncation_mode=truncation_mode)
     was_cached = path.is_file()
     if was_cached:
         columns = json.loads(path.read_text())
@@ -186,30 +196,72 @@ def cached_token_rewards(dataset, cache_dir: str | Path, name: str, compute, *, 
     return dataset, path, was_cached
 
 
+def align_token_rewards(examples: list[dict], width: int, max_length: int | None,
+                        truncation_mode: str = "keep_start") -> torch.Tensor:
+    """(2B, width) rewards aligned with trl's ``[chosen; rejected]`` ids: 0 on prompt and padding, truncated
+    exactly like the ids (``max_length`` with trl's ``truncation_mode``: keep_start keeps the first
+    tokens, keep_end the last ones)."""
+    _check_truncation_mode(truncation_mode)
+    cut = slice(None)
+    if max_length is not None:
+        cut = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+    rows = []
+    for col in COLUMNS:
+        for ex in examples:
+            row = ([0.0] * len(ex["prompt_ids"]) + list(ex[col]))[cut]
+            rows.append(row + [0.0] * (width - len(row)))
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 @dataclass
 class TokenRewardCollator(DataCollatorForPreference):
-    """trl's preference collator plus a ``token_rewards`` (2B, L) float tensor aligned with ``input_ids``.
-
-    Rewards are 0 on prompt and padding, truncated exactly like the ids (``max_length`` with trl's
-    ``truncation_mode``: keep_start keeps the first tokens, keep_end the last ones).
-    """
+    """trl's preference collator plus a ``token_rewards`` (2B, L) float tensor aligned with ``input_ids``
+    (:func:`align_token_rewards`), or, for lazily computed rewards, the rows' ``treg_rows`` ids (B,)."""
 
     def torch_call(self, examples):
         out = super().torch_call(examples)
-        if COLUMNS[0] not in examples[0]:
-            return out
-        _check_truncation_mode(self.truncation_mode)
-        cut = slice(None)
-        if self.max_length is not None:
-            cut = slice(None, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
-        width = out["input_ids"].shape[1]
-        rows = []
-        for col in COLUMNS:
-            for ex in examples:
-                row = ([0.0] * len(ex["prompt_ids"]) + list(ex[col]))[cut]
-                rows.append(row + [0.0] * (width - len(row)))
-        out["token_rewards"] = torch.tensor(rows, dtype=torch.float32)  # (2B, L)
+        if LAZY_ROW in examples[0]:
+            out["treg_rows"] = torch.tensor([ex[LAZY_ROW] for ex in examples])
+        if COLUMNS[0] in examples[0]:
+            out["token_rewards"] = align_token_rewards(examples, out["input_ids"].shape[1], self.max_length,
+                                                       self.truncation_mode)
         return out
+
+
+class LazyTokenRewards:
+    """Token rewards of one dataset computed on first use, for the rows a batch needs, and kept on disk.
+
+    ``path`` is the content-keyed cache file (as for the eager precompute) plus ``.lazy[-rankN].json``;
+    rows already there (an earlier or interrupted run, any rank) are reused, new ones are appended
+    (atomic rewrite). ``compute(rows)`` returns the two reward columns for a list of dataset rows.
+    """
+
+    def __init__(self, dataset, path: Path, compute, rank: int | None = None):
+        self.dataset, self.compute = dataset, compute
+        self.path = path.with_suffix(f".lazy{'' if rank is None else f'-rank{rank}'}.json")
+        self.rewards: dict[str, list] = {}
+        for f in sorted(path.parent.glob(path.stem + ".lazy*.json")):
+            self.rewards.update(json.loads(f.read_text()))
+        self.loaded, self.computed, self.seconds = len(self.rewards), 0, 0.0
+
+    def rows(self, indices: list[int]) -> list[dict]:
+        """The dataset rows ``indices`` with their two reward columns (computing the missing ones now)."""
+        import time
+
+        missing = [i for i in dict.fromkeys(indices) if str(i) not in self.rewards]
+        if missing:
+            t0 = time.perf_counter()
+            cols = self.compute([self.dataset[i] for i in missing])
+            for j, i in enumerate(missing):
+                self.rewards[str(i)] = [cols[COLUMNS[0]][j], cols[COLUMNS[1]][j]]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.rewards))
+            tmp.replace(self.path)
+            self.computed += len(missing)
+            self.seconds += time.perf_counter() - t0
+        return [{**self.dataset[i], COLUMNS[0]: self.rewards[str(i)][0], COLUMNS[1]: self.rewards[str(i)][1]}
+                for i in indices]
 
 
 def reference_adapter(trainer) -> str | None:

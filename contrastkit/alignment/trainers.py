@@ -198,15 +198,17 @@ class HyPOTrainer(DPOTrainer):
 class TREGTrainer(DPOTrainer):
     """T-REG (Zhou et al. 2024, arXiv 2412.02685): DPO + ``alpha *`` token-level reward regularizer.
 
-    At construction, token rewards for the train (and eval) set are computed once with the frozen
-    reference (LoRA adapter off, or ``ref_model``) under ``treg_better_template`` /
-    ``treg_worse_template`` and cached in ``output_dir`` (reused on resume; see
-    :mod:`contrastkit.alignment.token_rewards`). Logs ``treg/reg``, ``treg/weight`` and ``treg/dpo_loss``.
-    With ``treg_alpha=0`` the loss is exactly DPO's.
+    Token rewards come from the frozen reference (LoRA adapter off, trl's ``ref`` adapter, or
+    ``ref_model``) under ``treg_better_template`` / ``treg_worse_template``. With
+    ``treg_rewards="lazy"`` (default) they are computed when a batch first needs a row, so a short run
+    pays only for the rows it sees; with ``"eager"`` every row is computed at construction (with a
+    progress bar). Either way they are cached in ``output_dir`` under a key of everything that
+    determines them, and reused on resume (:mod:`contrastkit.alignment.token_rewards`).
+    Logs ``treg/reg``, ``treg/weight`` and ``treg/dpo_loss``. With ``treg_alpha=0`` the loss is exactly DPO's.
     """
 
     def __init__(self, *args, **kwargs):
-        from contrastkit.alignment.token_rewards import TokenRewardCollator
+        from contrastkit.alignment.token_rewards import COLUMNS, LAZY_ROW, TokenRewardCollator
 
         super().__init__(*args, **kwargs)
         self._capture = _attach_capture(self)
@@ -215,46 +217,76 @@ class TREGTrainer(DPOTrainer):
                                                  truncation_mode=dc.truncation_mode,
                                                  pad_to_multiple_of=dc.pad_to_multiple_of)
         self._set_signature_columns_if_needed()
-        self._signature_columns = list(self._signature_columns) + ["chosen_token_rewards", "rejected_token_rewards"]
-        self.treg_cache = {}
+        self._signature_columns = list(self._signature_columns) + [*COLUMNS, LAZY_ROW]
+        self.treg_cache, self._lazy = {}, []
         self.train_dataset = self._attach_token_rewards(self.train_dataset, "train")
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {n: self._attach_token_rewards(d, f"eval_{n}") for n, d in self.eval_dataset.items()}
         elif self.eval_dataset is not None:
             self.eval_dataset = self._attach_token_rewards(self.eval_dataset, "eval")
 
+    def _compute_rewards(self, rows, progress: bool = False):
+        from contrastkit.alignment.token_rewards import compute_token_rewards, reference_context
+
+        args = self.args
+        tok = getattr(self.processing_class, "tokenizer", self.processing_class)
+        model, ctx = reference_context(self)
+        with ctx, torch.no_grad():
+            return compute_token_rewards(model, tok, rows, args.treg_better_template, args.treg_worse_template,
+                                         max_length=args.max_length, batch_size=args.treg_reward_batch_size,
+                                         truncation_mode=args.truncation_mode, progress=progress)
+
     def _attach_token_rewards(self, dataset, name: str):
         from contrastkit.alignment.token_rewards import (
+            LAZY_ROW,
+            LazyTokenRewards,
+            cache_path,
             cached_token_rewards,
-            compute_token_rewards,
             reference_adapter,
             reference_context,
             reference_model_hash,
         )
 
         args = self.args
-        tok = getattr(self.processing_class, "tokenizer", self.processing_class)
-        model, ctx = reference_context(self)
-
-        def compute():
-            with ctx, torch.no_grad():
-                return compute_token_rewards(model, tok, dataset, args.treg_better_template, args.treg_worse_template,
-                                             max_length=args.max_length, batch_size=args.treg_reward_batch_size,
-                                             truncation_mode=args.truncation_mode,
-                                             progress=not args.disable_tqdm and self.accelerator.is_main_process)
-
+        key = dict(model_hash=reference_model_hash(reference_context(self)[0], reference_adapter(self)),
+                   better=args.treg_better_template, worse=args.treg_worse_template, max_length=args.max_length,
+                   truncation_mode=args.truncation_mode)
         t0 = time.perf_counter()
+        if args.treg_rewards == "lazy":
+            rank = self.accelerator.process_index if self.accelerator.num_processes > 1 else None
+            store = LazyTokenRewards(dataset, cache_path(dataset, args.output_dir, name, **key), self._compute_rewards,
+                                     rank=rank)
+            self._lazy.append(store)
+            self.treg_cache[name] = {"mode": "lazy", "path": str(store.path), "cached": store.loaded > 0,
+                                     "rows": len(dataset), "rows_from_cache": store.loaded}
+            base = (len(self._lazy) - 1) << 40
+            return dataset.add_column(LAZY_ROW, [base + i for i in range(len(dataset))])
+        progress = not args.disable_tqdm and self.accelerator.is_main_process
         with args.main_process_first(desc=f"T-REG token rewards ({name})"):
             dataset, path, cached = cached_token_rewards(
-                dataset, args.output_dir, name, compute, model_hash=reference_model_hash(model, reference_adapter(self)),
-                better=args.treg_better_template, worse=args.treg_worse_template, max_length=args.max_length,
-                truncation_mode=args.truncation_mode)
-        self.treg_cache[name] = {"path": str(path), "cached": cached, "seconds": time.perf_counter() - t0,
-                                 "rows": len(dataset)}
+                dataset, args.output_dir, name, lambda: self._compute_rewards(dataset, progress), **key)
+        self.treg_cache[name] = {"mode": "eager", "path": str(path), "cached": cached,
+                                 "seconds": time.perf_counter() - t0, "rows": len(dataset)}
         return dataset
+
+    def _lazy_token_rewards(self, ids: torch.Tensor, width: int) -> torch.Tensor:
+        """(2B, width) rewards for the batch rows ``ids`` (B,), computing the rows seen for the first time."""
+        from contrastkit.alignment.token_rewards import align_token_rewards
+
+        ids = ids.tolist()
+        store = self._lazy[ids[0] >> 40]
+        rows = store.rows([i & ((1 << 40) - 1) for i in ids])
+        for name, entry in self.treg_cache.items():
+            if entry.get("path") == str(store.path):
+                entry.update(rows_computed=store.computed, seconds=store.seconds)
+        return align_token_rewards(rows, width, self.args.max_length, self.args.truncation_mode)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         token_rewards = inputs.pop("token_rewards", None)  # not a model kwarg (alignment.md 1.8c)
+        lazy_rows = inputs.pop("treg_rows", None)
+        if lazy_rows is not None and self.args.treg_alpha > 0:
+            token_rewards = self._lazy_token_rewards(lazy_rows, inputs["input_ids"].shape[1])
+            token_rewards = token_rewards.to(inputs["input_ids"].device)
         terms = _dpo_terms(self, model, inputs, return_outputs)
         loss = terms["loss"]
         if token_rewards is not None and self.args.treg_alpha > 0:

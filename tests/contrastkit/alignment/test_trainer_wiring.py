@@ -36,6 +36,8 @@ def make(trainer_cls, cfg_cls, tmp_path, *, steps=2, model=None, tok=None, peft=
          lora_targets=("q_proj", "v_proj"), **extra):
     from contrastkit.testing import tiny_llama, tiny_tokenizer
 
+    if cfg_cls is TREGConfig:
+        extra.setdefault("treg_rewards", "eager")  # these tests read the precomputed reward columns
     args = cfg_cls(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, use_cpu=True,
                    bf16=False, report_to="none", logging_steps=1, learning_rate=5e-3, save_strategy="no",
                    gradient_checkpointing=False, seed=0, disable_tqdm=True, beta=BETA, **extra)
@@ -396,3 +398,25 @@ def test_treg_better_template_containing_the_response_gives_positive_rewards(tmp
                    treg_better_template=better, treg_worse_template=worse, max_length=128)
     rhat = torch.tensor(trainer.train_dataset["chosen_token_rewards"][0])
     assert rhat.mean() > 0.05 and (rhat > 0).float().mean() > 0.6
+
+
+def test_treg_lazy_rewards_equal_eager_and_cover_only_the_rows_seen(tmp_path):
+    """Lazy rewards: the same training as the eager precompute (losses equal to fp tolerance), only the rows the
+    run draws are computed (2 steps x 2 rows of 8), and a rerun in the same output_dir reads them back."""
+    eager = make(TREGTrainer, TREGConfig, tmp_path / "e", treg_alpha=0.5, treg_rewards="eager")
+    eager.train()
+    lazy = make(TREGTrainer, TREGConfig, tmp_path / "l", treg_alpha=0.5, treg_rewards="lazy")
+    assert "chosen_token_rewards" not in lazy.train_dataset.column_names
+    lazy.train()
+    assert losses(lazy) == pytest.approx(losses(eager), rel=1e-5)
+    assert [h["treg/reg"] for h in lazy.state.log_history if "loss" in h] == pytest.approx(
+        [h["treg/reg"] for h in eager.state.log_history if "loss" in h], rel=1e-4, abs=1e-7)
+    info = lazy.treg_cache["train"]
+    assert info["mode"] == "lazy" and info["rows_computed"] == 4 and info["rows_from_cache"] == 0
+    again = make(TREGTrainer, TREGConfig, tmp_path / "l", treg_alpha=0.5, treg_rewards="lazy")
+    assert again.treg_cache["train"]["rows_from_cache"] == 4 and again.treg_cache["train"]["cached"] is True
+    stored = again._lazy[0].rewards
+    by_prompt = {tuple(r["prompt_ids"]) + tuple(r["chosen_ids"]): r["chosen_token_rewards"] for r in eager.train_dataset}
+    for i, (chosen, _) in stored.items():
+        row = again.train_dataset[int(i)]
+        assert chosen == pytest.approx(by_prompt[tuple(row["prompt_ids"]) + tuple(row["chosen_ids"])], abs=1e-6)

@@ -56,6 +56,8 @@ def pairs(n=8, seed=0):
 def make(trainer_cls, cfg_cls, tmp_path, *, steps=2, peft=True, **extra):
     from contrastkit.testing import tiny_llama, tiny_tokenizer
 
+    if cfg_cls is TREGConfig:
+        extra.setdefault("treg_rewards", "eager")  # these tests read the precomputed reward columns
     args = cfg_cls(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, use_cpu=True,
                    bf16=False, report_to="none", logging_steps=1, learning_rate=5e-3, save_strategy="no",
                    gradient_checkpointing=False, seed=0, disable_tqdm=True, **extra)
