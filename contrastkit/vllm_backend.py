@@ -191,6 +191,10 @@ def cli_generate(opts, model_cfg, names: list[str], params: dict, prompts: list)
         raise UsageError("--backend vllm needs --vllm_url (e.g. http://127.0.0.1:8000)")
     if opts.stream:
         raise UsageError("--stream is not supported with --backend vllm")
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--backend vllm runs in one process (the server batches requests); drop accelerate launch")
     backend = VLLMBackend(opts.vllm_url, opts.vllm_model)
     tok = load_tokenizer_only(model_cfg.model)
     return {name: backend.generate(None, tok, prompts, name, max_new_tokens=opts.max_new_tokens,

@@ -185,6 +185,10 @@ class VLLMLoRASampler(_SyncingSampler):
         if not isinstance(trainer.accelerator.unwrap_model(trainer.model), PeftModel):
             raise UsageError("hypo_sampler 'vllm-lora' syncs a LoRA adapter; this policy has none (use_peft false?). "
                              "Use vllm-server or vllm-colocate for full fine-tuning")
+        ds = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        if getattr(trainer, "is_fsdp_enabled", False) or (ds is not None and ds.zero_stage == 3):
+            raise UsageError("hypo_sampler 'vllm-lora' saves the adapter from the main process, which holds only a "
+                             "shard under FSDP / ZeRO-3; use DDP or ZeRO-2 with it, or vllm-server (trl gathers)")
         self.http = VLLMHTTPSampler(base_url, tokenizer, None, timeout)
         self.lora_dir = os.path.abspath(lora_dir or os.path.join(trainer.args.output_dir, "vllm_lora"))
         self.prefix, self.keep, self.loaded = prefix, keep, []

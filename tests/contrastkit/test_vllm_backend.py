@@ -148,3 +148,9 @@ def test_bad_backend_input_is_one_line(tmp_path, tiny_model_dir, extra, match, c
     code = main(["generate", "--model", str(tiny_model_dir), *extra, "--output", str(out), "hi"])
     err = capsys.readouterr().err
     assert code == 2 and match in err and "Traceback" not in err and not out.exists()
+
+
+def test_backend_vllm_under_accelerate_launch_is_refused(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["generate", "--model", str(tiny_model_dir), "--backend", "vllm", "--vllm_url", "http://x", "hi"])
+    assert code == 2 and "runs in one process" in capsys.readouterr().err

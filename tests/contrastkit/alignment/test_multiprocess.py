@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -98,3 +100,63 @@ def test_two_process_treg_trains_and_logs(tmp_path, tiny_model_dir):
     logs = [h for h in s["log_history"] if "loss" in h]
     assert len(logs) == 2 and all("treg/reg" in h and h["treg/reg"] == h["treg/reg"] for h in logs)
     assert (out / "adapter_model.safetensors").exists()
+
+
+class _LoRAServer(BaseHTTPRequestHandler):
+    """Runtime-LoRA endpoints in memory: records loads and which adapter each completion asked for."""
+
+    log: list = []
+    loaded: set = set()
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, obj, code=200):
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self._send({"data": [{"id": "base"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/v1/load_lora_adapter":
+            assert Path(body["lora_path"], "adapter_model.safetensors").is_file()
+            type(self).loaded.add(body["lora_name"])
+        elif self.path == "/v1/unload_lora_adapter":
+            type(self).loaded.discard(body["lora_name"])
+        elif body["model"] not in type(self).loaded:  # a rank sampled before the adapter was served
+            type(self).log.append(("missing", body["model"]))
+            return self._send({"error": "adapter not loaded"}, 404)
+        type(self).log.append((self.path, body.get("lora_name") or body.get("model")))
+        if self.path == "/v1/completions":
+            n = body["n"]
+            return self._send({"choices": [{"index": i * n + j, "token_ids": [p[-1], 2], "finish_reason": "stop"}
+                                           for i, p in enumerate(body["prompt"]) for j in range(n)]})
+        self._send({"success": True})
+
+
+def test_two_process_hypo_vllm_lora_main_rank_syncs_every_rank_samples_it(tmp_path, tiny_model_dir):
+    _LoRAServer.log, _LoRAServer.loaded = [], set()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _LoRAServer)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        data = write_pairs(tmp_path / "pairs.jsonl")
+        out = tmp_path / "hypo"
+        launch2("hypo", [*flags(tiny_model_dir, data, out, 1, steps=2), "--hypo_lambda", "1.0",
+                         "--hypo_max_new_tokens", "3", "--hypo_sampler", "vllm-lora",
+                         "--vllm_server_url", f"http://127.0.0.1:{srv.server_address[1]}"])
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    log = _LoRAServer.log
+    names = ["contrastkit-policy-step-0", "contrastkit-policy-step-1"]
+    assert [x for x in log if x[0] == "/v1/load_lora_adapter"] == [("/v1/load_lora_adapter", n) for n in names]
+    asked = [m for p, m in log if p == "/v1/completions"]
+    assert asked == [names[0]] * 2 + [names[1]] * 2  # both ranks, each step, on that step's adapter
+    s = json.loads((out / "train_summary.json").read_text())
+    assert s["num_processes"] == 2 and s["sampler"]["n_syncs"] == 2 and s["sampler"]["max_staleness"] == 0

@@ -78,6 +78,9 @@ class Witness:
         self.snapshot, self.trainer, self.by_step, self.requests, self.updates = snapshot, None, {}, [], []
 
     def see(self, held: dict, *, n_prompts: int):
+        if self.trainer is None:  # CLI-level runs: the trainer lives inside run_training
+            self.requests.append({"n_prompts": n_prompts})
+            return
         step = self.trainer.state.global_step
         self.by_step.setdefault(step, self.snapshot(self.trainer.model))
         matches = [s for s, ref in self.by_step.items()
@@ -305,6 +308,13 @@ def test_lora_sampler_refuses_full_finetune(tmp_path):
     trainer = SimpleNamespace(model=tiny_llama(), args=args, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
     with pytest.raises(UsageError, match="LoRA adapter"):
         make_sampler("vllm-lora", tiny_tokenizer(), trainer=trainer)
+    from peft import get_peft_model
+
+    sharded = SimpleNamespace(model=get_peft_model(tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"])),
+                              args=args, is_fsdp_enabled=True,
+                              accelerator=SimpleNamespace(unwrap_model=lambda m: m, state=SimpleNamespace()))
+    with pytest.raises(UsageError, match="FSDP / ZeRO-3"):
+        make_sampler("vllm-lora", tiny_tokenizer(), trainer=sharded)
     with pytest.raises(UsageError, match="needs the trainer"):
         make_sampler("vllm-server", tiny_tokenizer())
 
@@ -330,3 +340,46 @@ def test_ledger_sync_rule_boundaries():
     assert led.due(0)  # never synced: always push first
     led.synced_step = 5
     assert [led.due(s) for s in (5, 6, 7, 8, 9)] == [False, False, False, True, True]
+
+
+# ---------------------------------------------------------------- CLI level: refusal, opt-in and summary
+def _cli_flags(tiny_model_dir, data, out, url, *extra):
+    return ["--model", str(tiny_model_dir), "--train_file", str(data), "--output_dir", str(out), "--max_steps", "3",
+            "--per_device_train_batch_size", "2", "--learning_rate", "5e-3", "--logging_steps", "1",
+            "--gradient_checkpointing", "false", "--lora_r", "4", "--lora_target_modules", "q_proj,v_proj",
+            "--report_to", "none", "--disable_tqdm", "true", "--max_length", "64", "--hypo_max_new_tokens", "4",
+            "--save_strategy", "no", "--vllm_server_url", url, *extra]
+
+
+def test_cli_refuses_unsynced_sampler_before_model_load(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import contrastkit.models
+    from contrastkit.cli.main import main
+
+    monkeypatch.setattr(contrastkit.models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in pairs().to_list()))
+    code = main(["train", "hypo", *_cli_flags(tiny_model_dir, data, tmp_path / "o", "http://127.0.0.1:9"),
+                 "--hypo_sampler", "vllm-http"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--hypo_allow_off_policy true" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sampler, extra, expect", [
+    ("vllm-http", ["--hypo_allow_off_policy", "true"], {"name": "vllm-http", "off_policy": True, "n_syncs": 0}),
+    ("vllm-lora", ["--hypo_sync_every", "2"], {"name": "vllm-lora", "off_policy": False, "n_syncs": 2,
+                                                "sync_every": 2, "max_staleness": 1, "n_batches": 3}),
+])
+def test_cli_run_summary_records_sampler(tmp_path, tiny_model_dir, serve, sampler, extra, expect):
+    from contrastkit.alignment.configs import HyPOConfig as Cfg
+    from contrastkit.cli.train_common import parse_configs, run_training
+
+    engine = FakeServer(Witness(lora_state), lora_key=(lambda k: k) if sampler == "vllm-lora" else None)
+    url = serve(engine)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in pairs().to_list()))
+    summary = run_training("hypo", *parse_configs("t", Cfg, [*_cli_flags(tiny_model_dir, data, tmp_path / "o", url),
+                                                            "--hypo_sampler", sampler, *extra]))
+    assert {k: summary["sampler"][k] for k in expect} == expect
+    saved = json.loads((tmp_path / "o" / "train_summary.json").read_text())
+    assert saved["sampler"] == summary["sampler"] and len(engine.witness.requests) == 3
