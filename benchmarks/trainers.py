@@ -63,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", default=None, help="comma-separated seeds: run every method once per seed")
     p.add_argument("--json", default=None)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="print the mean/spread table of earlier --json runs (e.g. one per seed) and exit")
     return p.parse_args(argv)
 
 
@@ -260,8 +262,27 @@ def print_table(rows):
     print("(mean ± sample std over seeds; step/trl = ratio of mean step times measured in the same run)")
 
 
+def merge(paths, out=None):
+    """Aggregate the per-seed rows of several ``--json`` files (same sizes) into one table."""
+    runs = [json.load(open(p)) for p in paths]
+    sizes = {k: v for k, v in runs[0]["args"].items() if k not in ("seed", "seeds", "json", "merge")}
+    for p, r in zip(paths, runs):
+        if {k: v for k, v in r["args"].items() if k in sizes} != sizes:
+            sys.exit(f"{p}: run with other sizes than {paths[0]}")
+    rows = [row for r in runs for row in r["rows"]]
+    table = aggregate(rows)
+    print("sizes:", json.dumps(sizes))
+    print_table(table)
+    if out:
+        with open(out, "w") as f:
+            json.dump({"args": sizes, "seeds": [s for r in runs for s in r["seeds"]], "rows": rows,
+                       "aggregate": table}, f, indent=1)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.json)
     from contrastkit.models import load_model
 
     _, tok = load_model("smollm2", purpose="train")

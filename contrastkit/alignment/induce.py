@@ -72,10 +72,28 @@ class InduceConfig:
             check_range("max_steps", self.max_steps, 1)
 
 
+HALUEVAL_HUB = ("pminervini/HaluEval", "qa", "data")  # Hub id, config, split of the QA records
+
+
+def _halueval_from_hub(hub_id: str) -> list[tuple[int, dict]]:
+    """HaluEval QA from the Hub with ``datasets`` (``pminervini/HaluEval``, config ``qa``, split ``data``)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(hub_id, HALUEVAL_HUB[1], split=HALUEVAL_HUB[2])
+    except Exception as e:  # noqa: BLE001 - offline / not found / other datasets errors: one line
+        from contrastkit.io import missing_data_error
+
+        raise missing_data_error("halueval") from e
+    return [(i + 1, dict(r)) for i, r in enumerate(ds)]
+
+
 def read_halueval(path: str | Path) -> list[dict]:
-    """Read HaluEval QA JSONL; a malformed line or a missing key raises a UsageError naming the line."""
+    """Read HaluEval QA JSONL (or the Hub id ``pminervini/HaluEval`` through ``datasets``); a malformed line or a
+    missing key raises a UsageError naming the line."""
     records = []
-    for n, rec in read_jsonl(path, what="HaluEval file"):
+    hub = str(path) == HALUEVAL_HUB[0] and not Path(path).exists()
+    for n, rec in (_halueval_from_hub(str(path)) if hub else read_jsonl(path, what="HaluEval file")):
         missing = [k for k in HALUEVAL_KEYS if k not in rec]
         if missing:
             raise UsageError(f"{path}:{n}: missing HaluEval QA key(s) {missing}; need {list(HALUEVAL_KEYS)}")

@@ -2,8 +2,9 @@
 
 Example::
 
-    contrastkit train induce --model smollm2 --data ../shared/data/halueval/qa_data_first1000.json \\
-        --num_examples 300 --output_dir runs/amateur
+    contrastkit train induce --model smollm2 --num_examples 300 --output_dir runs/amateur
+    # --data defaults to the Hub id pminervini/HaluEval; offline, pass a local copy:
+    contrastkit train induce --data PATH/qa_data_first1000.json --num_examples 300 --output_dir runs/amateur
     contrastkit generate "Who wrote Hamlet?" --strategy icd --amateur runs/amateur
 
 Re-running the same command after an interruption resumes from the newest checkpoint.

@@ -85,3 +85,27 @@ def test_bad_input(tmp_path, halueval, capsys):
     assert main(["--data", str(halueval), "--num_examples", "5000", "--output_dir", str(tmp_path / "o")]) == 2
     assert "exceeds" in capsys.readouterr().err
     assert main(["--lora_r", "0"]) == 2
+
+
+def test_halueval_hub_id_is_loaded_with_datasets(monkeypatch):
+    """The default --data is the Hub id: read through datasets.load_dataset(id, 'qa', split='data'); a failure
+    (offline) is the one-line missing-data error naming the flag for a local copy."""
+    import datasets
+
+    rec = {"knowledge": "k", "question": "q?", "right_answer": "a", "hallucinated_answer": "b"}
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append((args, kwargs))
+        return datasets.Dataset.from_list([rec, rec])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    assert read_halueval("pminervini/HaluEval") == [rec, rec]
+    assert calls == [(("pminervini/HaluEval", "qa"), {"split": "data"})]
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(UsageError, match="--data"):
+        read_halueval("pminervini/HaluEval")
