@@ -11,7 +11,9 @@ Mapping (vLLM sampling parameters): greedy -> ``temperature=0``; sample -> ``tem
 seeds each batch; vLLM honours per-request seeds, the numbers differ from HF's RNG); beam ->
 ``use_beam_search`` with beam width ``num_beams`` and ``length_penalty``, best beam kept
 (``early_stopping=True`` has no vLLM equivalent and is refused). ``min_new_tokens`` ->
-``min_tokens``; ``stop`` strings are kept in the output, as HF keeps them.
+``min_tokens``; ``stop`` strings are kept in the output, as HF keeps them. Every other sampling
+parameter is sent at its neutral value (top_k 0, min_p 0, no penalties): vLLM would otherwise
+fill it from the model's ``generation_config.json``, which the HF path does not apply.
 
 Strategies that need hidden states, a second model or candidate look-ahead cannot run behind
 vLLM's API (../shared/research/ecosystem.md, section 2b): asking for them is a one-line error.
@@ -53,8 +55,10 @@ def request_for(name: str, config, *, max_new_tokens: int, min_new_tokens: int, 
                 repetition_penalty: float, stops: list[str]) -> dict:
     """vLLM completion parameters for one strategy config (without model and prompt)."""
     check_vllm_strategy(name)
+    # every parameter said explicitly: vLLM fills omitted ones from the model's generation_config.json
     body = {"max_tokens": max_new_tokens, "min_tokens": min_new_tokens, "n": 1,
-            "repetition_penalty": repetition_penalty, "return_token_ids": True}
+            "repetition_penalty": repetition_penalty, "return_token_ids": True, "top_p": 1.0, "top_k": 0,
+            "min_p": 0.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}
     if stops:
         body.update(stop=stops, include_stop_str_in_output=True)
     if name == "greedy":

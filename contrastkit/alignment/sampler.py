@@ -106,6 +106,13 @@ class HFSampler:
         return completions.masked_fill(mask == 0, self.pad_token_id), mask
 
 
+# vLLM fills every sampling parameter a request leaves out from the model's generation_config.json
+# (``--generation-config auto``, the default of recent vLLM): a served top_k / min_p / repetition penalty would then
+# bias HyPO's estimator, whose samples must come from softmax(logits / T) (top-p aside). Say them all.
+NEUTRAL_VLLM_SAMPLING = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+                         "frequency_penalty": 0.0, "min_tokens": 0}
+
+
 @dataclass
 class VLLMHTTPSampler:
     """Sample from an OpenAI-compatible vLLM server (``POST {url}/v1/completions`` with token-id prompts).
@@ -147,7 +154,7 @@ class VLLMHTTPSampler:
                temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
         prompts = [row[m.bool()].tolist() for row, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]  # unpadded
         payload = {"model": self._model(), "prompt": prompts, "n": k, "max_tokens": max_new_tokens,
-                   "temperature": temperature, "top_p": top_p, "return_token_ids": True}
+                   "temperature": temperature, "top_p": top_p, "return_token_ids": True, **NEUTRAL_VLLM_SAMPLING}
         choices = sorted(self._post("/v1/completions", payload).get("choices", []), key=lambda c: c["index"])
         if len(choices) != len(prompts) * k:
             raise UsageError(f"vLLM server returned {len(choices)} completions, expected {len(prompts) * k}")

@@ -109,6 +109,8 @@ def test_greedy_and_beam_records_match_hf_backend(tmp_path, tiny_model_dir, serv
     beam = [r for r in _OpenAIStandIn.requests if r.get("use_beam_search")]
     assert [len(r["prompt"]) for r in greedy] == [2, 1]  # --batch_size 2 -> one request per batch
     assert greedy[0]["temperature"] == 0 and greedy[0]["min_tokens"] == 2 and greedy[0]["model"] == "tiny-served"
+    for r in _OpenAIStandIn.requests:  # nothing left for the server to fill from generation_config.json
+        assert (r["min_p"], r["presence_penalty"], r["frequency_penalty"], r["repetition_penalty"]) == (0, 0, 0, 1)
     assert beam[0]["n"] == 3 and beam[0]["length_penalty"] == 1.0
 
 

@@ -203,7 +203,7 @@ class FakeServer:
 
     def __init__(self, witness, lora_key=None):
         self.witness, self.held, self.adapters, self.pending, self.lora_key = witness, {}, {}, None, lora_key
-        self.calls, self.broadcast_done = [], threading.Event()
+        self.calls, self.broadcast_done, self.neutral = [], threading.Event(), []
 
     def get(self, path):
         self.calls.append(path)
@@ -225,6 +225,8 @@ class FakeServer:
         elif path == "/v1/unload_lora_adapter":
             del self.adapters[payload["lora_name"]]
         elif path == "/v1/completions":
+            # neutral sampling said explicitly (else vLLM fills it from generation_config.json)
+            self.neutral.append({k: payload.get(k) for k in ("top_k", "min_p", "repetition_penalty")})
             held = self.adapters[payload["model"]] if self.lora_key else self.held
             self.witness.see(held, n_prompts=len(payload["prompt"]))
             return {"choices": [{"index": i * payload["n"] + j, "token_ids": fake_rows(p), "prompt_token_ids": p,
@@ -279,6 +281,7 @@ def test_server_mode_each_request_sees_its_steps_weights(tmp_path, serve, monkey
     witness.trainer = trainer
     trainer.train()
     check_ledger(tmp_path, witness, 3, 4)
+    assert engine.neutral == [{"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}] * 4  # trl says them too
     assert engine.calls.count("/update_weights") == 2 and engine.calls.count("/reset_prefix_cache") == 2
     order = [c for c in engine.calls if c in ("/update_weights", "/v1/completions")]
     assert order == ["/update_weights", "/v1/completions", "/v1/completions", "/v1/completions",
@@ -294,6 +297,7 @@ def test_lora_endpoint_sync_sends_the_current_adapter(tmp_path, serve):
     witness.trainer = trainer
     trainer.train()
     check_ledger(tmp_path, witness, 1, 4)
+    assert engine.neutral == [{"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}] * 4
     loads = [c for c in engine.calls if c == "/v1/load_lora_adapter"]
     assert len(loads) == 4 and len(engine.adapters) == 2  # older adapters unloaded (keep=2)
     assert sorted(p.name for p in (tmp_path / "vllm_lora").iterdir()) == ["step-2", "step-3"]
