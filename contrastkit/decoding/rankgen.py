@@ -116,9 +116,9 @@ def resolve_ranker(spec):
 
 
 def resolve_tokenizer(model, tokenizer):
-    if tokenizer is not None:
+    if tokenizer is not None and not isinstance(tokenizer, str):
         return tokenizer
-    path = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+    path = tokenizer or getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
     if not path:
         raise UsageError("rankgen needs the LM's tokenizer to show text to the ranker: pass lm_tokenizer=...")
     if path not in _TOKENIZERS:

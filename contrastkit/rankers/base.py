@@ -47,6 +47,13 @@ class Ranker:
     def __call__(self, prefixes, continuations) -> torch.Tensor:
         return self.score(prefixes, continuations)
 
+    def __deepcopy__(self, memo):
+        """Rankers are read-only during decoding: a deep copy (``dataclasses.asdict`` of a config) shares it."""
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} '{self.name}'>"
+
 
 class DotProductRanker(Ranker):
     """A ranker whose score is the dot product of a prefix vector and a continuation vector."""

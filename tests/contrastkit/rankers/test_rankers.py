@@ -133,3 +133,16 @@ def test_embedding_ranker_default_is_embedded_minilm():
     ranker = get_ranker("embedding", device="cpu")
     s = ranker.score(["The cat sat on the mat."] * 2, ["The cat was sitting on a mat.", "Stock prices fell sharply."])
     assert s[0] > s[1]
+
+
+def test_rankers_are_shared_not_copied_by_config_records(tiny_llama, tiny_tok):
+    """contrastkit.generate records configs with dataclasses.asdict (a deep copy): a ranker holding a model is shared."""
+    import copy
+    import dataclasses
+
+    from contrastkit.decoding.rankgen import RankGenConfig
+    from contrastkit.rankers import LMRanker
+
+    ranker = LMRanker(tiny_llama, tiny_tok)
+    assert copy.deepcopy(ranker) is ranker
+    assert dataclasses.asdict(RankGenConfig(ranker=ranker))["ranker"] is ranker

@@ -72,14 +72,40 @@ def test_heldout_accuracy_counts_strict_wins_over_inbook_and_own_generated():
     from contrastkit.rankers.train import heldout_accuracy
 
     e = torch.eye(3)
-    table = {"p0": e[0], "p1": e[1], "c0": 2 * e[0], "c1": e[1] + e[0], "g0": e[0] + e[2], "g1": 2 * e[1],
+    table = {"p0": e[0], "p1": e[1], "c0": 2 * e[0], "c1": e[1] + e[0], "g0": e[0] + e[2], "g1": 2 * e[1] + 3 * e[0],
              "g_other": torch.zeros(3)}
     held = [Pair(0, "p0", "c0"), Pair(0, "p1", "c1")]
     negs = {"p0": "g0", "p1": "g1"}
-    # p0: gold 2, in-book c1 -> 1, own gen g0 -> 1 (g1 is not its negative: 0) -> win
+    # p0: gold 2, in-book c1 -> 1, own gen g0 -> 1 (g1 -> 3 is p1's, not its negative) -> win
     # p1: gold 1, in-book c0 -> 0, own gen g1 -> 2 -> loss
     assert heldout_accuracy(FixedVectors(table), held, negs, 8) == 0.5
     # without generated negatives, p1 wins too; a tie is not a win
     assert heldout_accuracy(FixedVectors(table), held, {}, 8) == 1.0
     table["c1"] = e[1] * 0 + e[0] * 0 + torch.tensor([0.0, 0.0, 0.0])  # p1 gold 0 vs c0 0: tie -> loss
     assert heldout_accuracy(FixedVectors(table), held, {}, 8) == 0.5
+
+
+def test_train_step_loss_uses_inbook_and_generated_negatives(tiny_tok):
+    """The trainer's step computes InfoNCE over the batch's golds and the batch's generated negatives."""
+    from transformers import BertConfig, BertModel
+
+    from contrastkit.rankers.rankgen import RankGenEncoder, RankGenMeta, RankGenRanker
+    from contrastkit.rankers.trainer import _step
+
+    torch.manual_seed(0)
+    enc = BertModel(BertConfig(vocab_size=len(tiny_tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=128)).eval()
+    ranker = RankGenRanker(RankGenEncoder(enc), tiny_tok, RankGenMeta(pooling="first"), device="cpu")
+    pairs = [Pair(0, "the king went", "to the city."), Pair(0, "a dog saw", "the red bird."),
+             Pair(0, "once upon a time", "there lived a queen.")]
+    negs = {"the king went": "fish fish.", "a dog saw": "war war war.", "once upon a time": "yes no."}
+    P = ranker.encode_prefixes([p.prefix for p in pairs])
+    C = ranker.encode_continuations([p.continuation for p in pairs])
+    G = ranker.encode_continuations([negs[p.prefix] for p in pairs])
+    S = torch.cat([P @ C.T, P @ G.T], dim=1)  # (3, 6)
+    expected = -(S.diag()[:3] - torch.logsumexp(S, dim=1)).mean()
+    opt = torch.optim.SGD(ranker.module.parameters(), lr=0.0)
+    assert _step(ranker, opt, pairs, [0, 1, 2], negs) == pytest.approx(expected.item(), rel=1e-4)
+    S2 = P @ C.T
+    expected_inbook = -(S2.diag() - torch.logsumexp(S2, dim=1)).mean()
+    assert _step(ranker, opt, pairs, [0, 1, 2], {}) == pytest.approx(expected_inbook.item(), rel=1e-4)

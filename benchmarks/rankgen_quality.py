@@ -1,0 +1,148 @@
+"""Quality of RankGen decoding on WikiText prefixes (arXiv 2205.09726 Table 3, scaled down to a CPU).
+
+Methods, all continuing the same prefixes with the same generator for ``--new`` tokens:
+greedy; nucleus (p=0.9); rerank of N nucleus samples by length-normalised LM log-likelihood (the
+generator itself; the paper's "re-rank by LM perplexity"); rerank of the same N samples by a
+trained ranker; ``rankgen`` beam search (B=2, N=10, L=20) with that ranker. The two reranks use
+identical candidates (``rankgen`` with B=1, L=new draws exactly the samples ``sample`` would).
+
+Metrics through the eval harness (:mod:`contrastkit.eval.metrics`, :mod:`contrastkit.eval.mauve_features`,
+:mod:`contrastkit.eval.stats`): MAUVE of human vs generated continuations on a featurizer that
+is *not* the ranker's encoder (default: the generator's own last hidden state, ``self``; the
+paper used GPT-2-large features, so absolute values differ), with a bootstrap CI over prefixes;
+diversity and coherence (cosine of prefix and continuation features on the same featurizer) with
+bootstrap CIs, and paired bootstrap differences against nucleus.
+
+    python benchmarks/rankgen_quality.py --ranker runs/ranker --data ../shared/data/wikitext103_test/wiki.test.raw \\
+        --n 100 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def prefixes_and_refs(path: str, tok, n: int, prefix_tokens: int, ref_tokens: int, skip: int) -> list[dict]:
+    from contrastkit.eval.open_ended import load_prefix_pairs
+
+    items = load_prefix_pairs(path, tok, prefix_tokens=prefix_tokens, reference_tokens=ref_tokens,
+                              limit=n + skip)
+    return items[skip:skip + n]
+
+
+def run_methods(model, tok, prompts, args, ranker, lm_ranker) -> dict[str, list[str]]:
+    import contrastkit
+
+    kw = dict(max_new_tokens=args.new, seed=args.seed)
+    over = dict(beam_size=1, num_samples=args.rerank_n, rerank_every=args.new, top_p=0.9, lm_tokenizer=tok)
+    specs = {
+        "greedy": ("greedy", {}),
+        "nucleus": ("sample", dict(top_p=0.9)),
+        "rerank-lm": ("rankgen", dict(ranker=lm_ranker, **over)),
+        "rerank-ranker": ("rankgen", dict(ranker=ranker, **over)),
+        "rankgen": ("rankgen", dict(ranker=ranker, beam_size=2, num_samples=10, rerank_every=20, top_p=0.9,
+                                    lm_tokenizer=tok)),
+    }
+    out, timing = {}, {}
+    for name, (strategy, params) in specs.items():
+        if args.methods and name not in args.methods:
+            continue
+        t0 = time.perf_counter()
+        bs = args.batch_size if strategy in ("greedy", "sample") else args.rankgen_batch_size
+        res = contrastkit.generate(model, tok, prompts, strategy, batch_size=bs, progress=True, **kw, **params)
+        out[name] = [r.text for r in res]
+        timing[name] = time.perf_counter() - t0
+        print(f"{name}: {timing[name]:.0f} s", flush=True)
+    return out, timing
+
+
+def mauve_with_ci(human_f, gen_f, n_boot: int, seed: int) -> dict:
+    from contrastkit.eval.mauve_features import compute_mauve
+
+    point = compute_mauve(human_f, gen_f)["mauve"]
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):  # resample prefixes (human and generated rows together)
+        idx = rng.integers(0, len(human_f), len(human_f))
+        boots.append(compute_mauve(human_f[idx], gen_f[idx])["mauve"])
+    lo, hi = (np.percentile(boots, [2.5, 97.5]).tolist() if boots else (float("nan"), float("nan")))
+    return {"mauve": point, "mauve_ci": [lo, hi], "mauve_boot": n_boot}
+
+
+def evaluate(items, texts: dict[str, list[str]], featurizer, args) -> dict:
+    from contrastkit.eval import metrics, stats
+
+    human = [it["reference"] for it in items]
+    prefix_f = featurizer([it["prefix"] for it in items])
+    human_f = featurizer(human)
+    report, coh = {}, {}
+    for name, gens in texts.items():
+        gen_f = featurizer(gens)
+        a = prefix_f / np.linalg.norm(prefix_f, axis=1, keepdims=True)
+        b = gen_f / np.clip(np.linalg.norm(gen_f, axis=1, keepdims=True), 1e-12, None)
+        coh[name] = np.sum(a * b, axis=1)
+        div = [metrics.repetition_and_diversity([g])["diversity"] for g in gens]
+        report[name] = {
+            **mauve_with_ci(human_f, gen_f, args.mauve_boot, args.seed),
+            "coherence": stats.summarize(coh[name].tolist()),
+            "coherence_harness": metrics.cosine_coherence(prefix_f, gen_f),
+            "diversity_corpus": metrics.repetition_and_diversity(gens)["diversity"],
+            "diversity_per_text": stats.summarize(div),
+            "words": stats.summarize([len(g.split()) for g in gens]),
+        }
+    if "nucleus" in coh:
+        for name in coh:
+            if name != "nucleus":
+                report[name]["coherence_minus_nucleus"] = stats.paired_bootstrap(coh[name].tolist(),
+                                                                                 coh["nucleus"].tolist())
+    return report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--ranker", required=True, help="trained ranker (dir or spec) for rerank-ranker and rankgen")
+    ap.add_argument("--data", default="Salesforce/wikitext", help="wiki.test.raw-style file")
+    ap.add_argument("--n", type=int, default=100, help="number of prefixes (issue: >= 100)")
+    ap.add_argument("--skip", type=int, default=0, help="skip the first paragraphs (e.g. ranker training text)")
+    ap.add_argument("--prefix_tokens", type=int, default=64)
+    ap.add_argument("--new", type=int, default=60, help="new tokens (paper: ~128)")
+    ap.add_argument("--rerank_n", type=int, default=20)
+    ap.add_argument("--featurizer", default="self", help="MAUVE/coherence features; not the ranker's encoder")
+    ap.add_argument("--mauve_boot", type=int, default=50)
+    ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--rankgen_batch_size", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    from contrastkit.eval.mauve_features import make_featurizer
+    from contrastkit.models import load_model
+    from contrastkit.rankers import LMRanker, get_ranker
+
+    model, tok = load_model(args.model)
+    ranker = get_ranker(args.ranker)
+    items = prefixes_and_refs(args.data, tok, args.n, args.prefix_tokens, args.new, args.skip)
+    prompts = [{"input_ids": it["prefix_ids"]} for it in items]
+    texts, timing = run_methods(model, tok, prompts, args, ranker, LMRanker(model, tok))
+    featurizer = make_featurizer(args.featurizer, model=model, tokenizer=tok)
+    report = evaluate(items, texts, featurizer, args)
+    print(f"{len(items)} prefixes of {args.prefix_tokens} tokens, {args.new} new tokens, featurizer {featurizer.name}")
+    print(f"{'method':<15}{'MAUVE':>8}{'95% CI':>16}{'coherence':>11}{'95% CI':>18}{'div':>7}{'s':>7}")
+    for name, r in report.items():
+        c = r["coherence"]
+        print(f"{name:<15}{r['mauve']:>8.3f}  [{r['mauve_ci'][0]:.3f}, {r['mauve_ci'][1]:.3f}]"
+              f"{c['mean']:>11.3f}  [{c['ci_lo']:.3f}, {c['ci_hi']:.3f}]{r['diversity_corpus']:>7.3f}"
+              f"{timing[name]:>7.0f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "report": report, "timing_s": timing, "texts": texts}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
