@@ -179,3 +179,170 @@ def test_accelerate_launch_two_processes_equals_one(tiny_model_dir, tmp_path):
         return [(r["index"], r["token_ids"]) for r in map(json.loads, (tmp_path / name).read_text().splitlines())]
 
     assert load("one.jsonl") == load("two.jsonl") and len(load("two.jsonl")) == 4
+
+
+# --- newcomer experience (issue 16) ---------------------------------------------------------------
+
+
+def test_output_file_follows_umask(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    old = os.umask(0o022)
+    try:
+        code, _, err = run(["generate", "--model", str(tiny_model_dir), "the cat", "--max_new_tokens", "2",
+                            "--output", str(out)], capsys)
+        assert code == 0, err
+        assert out.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        os.umask(0o027)
+        code, _, err = run(["score", "--model", str(tiny_model_dir), "--context", "the", "--continuation", " cat",
+                            "--output", str(out)], capsys)
+        assert code == 0, err
+        assert out.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_score_reports_sum_mean_and_count_against_a_reference(tiny_model_dir, capsys):
+    """sum / mean / num_tokens of the CLI equal a from-scratch log-prob computation and the API's to_dict()."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    code, out, err = run(["score", "--model", str(tiny_model_dir), "--context", "the cat",
+                          "--continuation", " saw", "--continuation", " red dog was"], capsys)
+    assert code == 0, err
+    res = json.loads(out)["results"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ctx = tok("the cat", add_special_tokens=False)["input_ids"]
+    for r, cont in zip(res, [" saw", " red dog was"]):
+        cont_ids = tok("the cat" + cont, add_special_tokens=False)["input_ids"][len(ctx):]
+        with torch.no_grad():
+            logits = model(torch.tensor([ctx + cont_ids])).logits[0].double()
+        lp = torch.log_softmax(logits, -1)
+        ref = [lp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cont_ids)]
+        assert r["num_tokens"] == len(cont_ids) == len(r["token_scores"])
+        assert abs(r["sum"] - sum(ref)) < 1e-4
+        assert abs(r["mean"] - sum(ref) / len(ref)) < 1e-4
+    assert res[1]["num_tokens"] > res[0]["num_tokens"] >= 1  # the two differ, so sum and mean can disagree
+
+    import contrastkit
+    from contrastkit.models import load_model
+
+    m, t = load_model(str(tiny_model_dir))
+    api = contrastkit.score(m, t, "the cat", [" saw", " red dog was"])[0]
+    for r, s in zip(res, api):
+        assert set(s.to_dict()) == set(r) - {"continuation"}
+        assert s.num_tokens == r["num_tokens"] and abs(s.sum - r["sum"]) < 1e-6 and abs(s.mean - r["mean"]) < 1e-6
+    _, help_text, _ = run(["score", "--help"], capsys)
+    assert "MC metrics" in help_text and "rank by the sum" in help_text.replace("\n", " ").replace("  ", " ")
+
+
+def test_threads_flag_reaches_torch(tiny_model_dir, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        code, _, err = run(["generate", "--model", str(tiny_model_dir), "x", "--max_new_tokens", "1",
+                            "--threads", "3"], capsys)
+        assert code == 0, err
+        assert torch.get_num_threads() == 3
+        code, _, err = run(["score", "--model", str(tiny_model_dir), "--context", "a", "--continuation", " b",
+                            "--threads", "2"], capsys)
+        assert code == 0 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_batched_generate_shows_progress_per_token(tiny_model_dir, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["the cat", "a dog saw the", "red"]))
+    code, _, err = run(["generate", "--model", str(tiny_model_dir), "--input", str(inp), "--output",
+                        str(tmp_path / "o.jsonl"), "--batch_size", "2", "--max_new_tokens", "5",
+                        "--min_new_tokens", "5"], capsys)
+    assert code == 0
+    assert "generate[greedy]" in err and "15/15" in err and "tok" in err  # 3 prompts x 5 tokens, not 2 batches
+
+
+def test_token_progress_counts_tokens_and_fills_early_stopped_batches():
+    import torch
+
+    from contrastkit.cli.common import token_progress
+
+    bar = token_progress(num_prompts=3, max_new_tokens=4, batch_size=2)
+    ids = torch.tensor([[1, 2], [3, 4]])
+    seen = []
+    for _ in range(2):  # batch 1 (2 rows) stops after 2 of 4 tokens
+        ids = torch.cat([ids, torch.tensor([[5], [6]])], 1)
+        assert not bar(ids, None).any()
+        seen.append(bar.bar.n)
+    ids = torch.tensor([[7, 8, 9, 10, 11]])  # batch 2 (1 row), a longer prompt: a new batch, not a step
+    for _ in range(4):
+        ids = torch.cat([ids, torch.tensor([[5]])], 1)
+        bar(ids, None)
+        seen.append(bar.bar.n)
+    bar.close()
+    assert seen == [2, 4, 9, 10, 11, 12] and bar.bar.n == bar.bar.total == 12
+
+
+def test_help_says_strategy_flags_are_hidden(capsys):
+    code, out, _ = run(["generate", "--help"], capsys)
+    flat = " ".join(out.split())
+    assert code == 0 and "Strategy flags are hidden" in flat and "contrastkit generate --strategy X --help" in flat
+    assert "--penalty_alpha" not in out
+    code, out, _ = run(["generate", "--strategy", "contrastive", "--help"], capsys)
+    assert code == 0 and "--penalty_alpha" in out and "--threads" in out and "--verbose" in out
+
+
+def test_configs_command_lists_and_prints_shipped_configs(capsys):
+    code, out, _ = run(["configs"], capsys)
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines() if line and not line.startswith((" ", "use:"))]
+    assert {"generate", "dpo_smollm2_hh", "hypo_smollm2_hh", "treg_smollm2_hh", "induce_smollm2"} <= set(names)
+    code, out, _ = run(["configs", "dpo_smollm2_hh"], capsys)
+    assert code == 0 and "train_file: Anthropic/hh-rlhf" in out
+    code, _, err = run(["configs", "dpo_smollm"], capsys)
+    assert code == 2 and "Did you mean 'dpo_smollm2_hh'" in err
+
+
+def test_hub_data_ids_resolve_to_the_local_copy(tmp_path, monkeypatch):
+    """A shipped config's Hub id becomes $CONTRASTKIT_DATA/<file>; offline without a copy it fails at once."""
+    from contrastkit.alignment.configs import ContrastDPOConfig
+    from contrastkit.cli.train_common import parse_configs
+    from contrastkit.errors import UsageError
+    from contrastkit.eval.truthfulqa_tasks import TruthfulQAConfig
+
+    (tmp_path / "hh_rlhf").mkdir()
+    local = tmp_path / "hh_rlhf" / "harmless-base_test.jsonl.gz"
+    local.write_bytes(b"")
+    monkeypatch.setenv("CONTRASTKIT_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    script, _ = parse_configs("t", ContrastDPOConfig, ["--config", "dpo_smollm2_hh", "--output_dir", str(tmp_path)])
+    assert script.train_file == str(local)
+    from contrastkit.cli.common import build_dataclass
+
+    with pytest.raises(UsageError, match=r"TruthfulQA multiple-choice questions.*Hub id: truthfulqa/truthful_qa.*"
+                                         r"--data PATH, or set CONTRASTKIT_DATA to a folder holding "
+                                         r"truthfulqa/hub_013686a/mc_task.json"):
+        build_dataclass(TruthfulQAConfig, {})  # the class default is the Hub id: checked like a given value
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert build_dataclass(TruthfulQAConfig, {}).data == "truthfulqa/truthful_qa"  # online: left to the loader
+
+
+def test_quiet_by_default_verbose_shows_warnings():
+    import warnings
+
+    from contrastkit.cli.common import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        quiet_third_party(verbose=False)
+        warnings.warn("old api", FutureWarning)
+        warnings.warn("'pin_memory' argument is set as true but no accelerator is found", UserWarning)
+        warnings.warn("a real problem", UserWarning)
+    assert [str(w.message) for w in seen] == ["a real problem"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.resetwarnings()
+        warnings.simplefilter("always")
+        quiet_third_party(verbose=True)
+        warnings.warn("old api", FutureWarning)
+    assert len(seen) == 1
