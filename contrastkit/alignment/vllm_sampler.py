@@ -57,7 +57,8 @@ def check_sampler_options(cfg) -> None:
                          f"got {cfg.hypo_sync_every!r}")
     check_range("vllm_gpu_memory_utilization", cfg.vllm_gpu_memory_utilization, 0, 1, lo_open=True)
     check_range("vllm_tensor_parallel_size", cfg.vllm_tensor_parallel_size, 1)
-    if cfg.hypo_sampler not in SYNCING_SAMPLERS and cfg.hypo_lambda > 0 and not cfg.hypo_allow_off_policy:
+    samples = cfg.hypo_lambda > 0 or getattr(cfg, "hypo_eval_kl", False)  # training term or held-out KL
+    if cfg.hypo_sampler not in SYNCING_SAMPLERS and samples and not cfg.hypo_allow_off_policy:
         raise UsageError(
             f"hypo_sampler '{cfg.hypo_sampler}' cannot push the policy's weights to the server, so its samples "
             f"would come from a stale model and HyPO's KL term would be biased; use vllm-server, vllm-colocate or "
@@ -76,9 +77,9 @@ class SyncLedger:
     def due(self, step: int) -> bool:
         return self.synced_step is None or step - self.synced_step >= self.sync_every
 
-    def record(self, step: int, synced: bool, n_prompts: int) -> dict:
+    def record(self, step: int, synced: bool, n_prompts: int, mode: str = "train") -> dict:
         rec = {"step": step, "weights_step": self.synced_step, "staleness": step - self.synced_step,
-               "synced": synced, "n_prompts": n_prompts}
+               "synced": synced, "n_prompts": n_prompts, "mode": mode}
         self.records.append(rec)
         return rec
 
@@ -130,8 +131,9 @@ class _SyncingSampler:
         if synced:
             self.push_weights(step)
             self.ledger.synced_step, self.ledger.n_syncs = step, self.ledger.n_syncs + 1
-        rec = self.ledger.record(step, synced, prompt_ids.shape[0])
-        self.trainer._metrics["train"]["hypo/weights_staleness"].append(float(rec["staleness"]))
+        mode = "train" if self.trainer.model.training else "eval"  # eval: HyPO's held-out KL samples too
+        rec = self.ledger.record(step, synced, prompt_ids.shape[0], mode)
+        self.trainer._metrics[mode]["hypo/weights_staleness"].append(float(rec["staleness"]))
         if self._is_main():
             os.makedirs(self.trainer.args.output_dir, exist_ok=True)
             with open(self._log_path(), "a") as f:

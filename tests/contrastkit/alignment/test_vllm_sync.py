@@ -38,14 +38,14 @@ def pairs(n=8):
     return datasets.Dataset.from_list([{"prompt": w(4), "chosen": " " + w(3), "rejected": " " + w(2)} for _ in range(n)])
 
 
-def make_trainer(tmp_path, sampler: str, steps=4, **extra):
+def make_trainer(tmp_path, sampler: str, steps=4, eval_dataset=None, **extra):
     from contrastkit.testing import tiny_llama, tiny_tokenizer
 
     args = HyPOConfig(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=2, use_cpu=True,
                       bf16=False, report_to="none", logging_steps=1, learning_rate=5e-2, save_strategy="no",
                       gradient_checkpointing=False, seed=0, disable_tqdm=True, hypo_lambda=1.0,
                       hypo_max_new_tokens=4, hypo_sampler=sampler, **extra)
-    return HyPOTrainer(model=tiny_llama(init_range=0.3), args=args, train_dataset=pairs(),
+    return HyPOTrainer(model=tiny_llama(init_range=0.3), args=args, train_dataset=pairs(), eval_dataset=eval_dataset,
                        processing_class=tiny_tokenizer(),
                        peft_config=LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["q_proj", "v_proj"]))
 
@@ -158,6 +158,21 @@ def test_colocate_each_request_sees_its_steps_weights(tmp_path, fake_vllm_coloca
     assert summary["name"] == "vllm-colocate" and summary["off_policy"] is False
     logged = [h["hypo/weights_staleness"] for h in trainer.state.log_history if "hypo/weights_staleness" in h]
     assert logged == [float(s % sync_every) for s in range(4)]
+
+
+def test_colocate_eval_kl_samples_on_current_weights(tmp_path, fake_vllm_colocate):
+    witness = fake_vllm_colocate
+    trainer = make_trainer(tmp_path, "vllm-colocate", hypo_sync_every=1, eval_strategy="steps", eval_steps=2,
+                           per_device_eval_batch_size=4, eval_dataset=pairs(4))
+    witness.trainer = trainer
+    trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "hypo_sampler_log.jsonl").read_text().splitlines()]
+    assert [(r["mode"], r["step"]) for r in log] == [("train", 0), ("train", 1), ("eval", 2), ("train", 2),
+                                                     ("train", 3), ("eval", 4)]
+    assert all(r["staleness"] == 0 for r in log) and [r["synced"] for r in log] == [1, 1, 1, 0, 1, 1]
+    assert all(req["step"] in req["weights_match_steps"] for req in witness.requests)  # eval on current weights
+    evals = [h for h in trainer.state.log_history if "eval_hypo/weights_staleness" in h]
+    assert [h["step"] for h in evals] == [2, 4] and all("hypo/weights_staleness" not in h for h in evals)
 
 
 def test_colocate_samples_reach_the_loss_masked_after_eos(tmp_path, fake_vllm_colocate):
@@ -329,7 +344,9 @@ def test_unsynced_sampler_refused_unless_off_policy_opt_in(tmp_path):
     with pytest.raises(UsageError, match="hypo_allow_off_policy"):
         HyPOConfig(hypo_sampler="vllm-http", **kw)
     HyPOConfig(hypo_sampler="vllm-http", hypo_allow_off_policy=True, **kw)
-    HyPOConfig(hypo_sampler="vllm-http", hypo_lambda=0.0, **kw)  # nothing is sampled
+    HyPOConfig(hypo_sampler="vllm-http", hypo_lambda=0.0, hypo_eval_kl=False, **kw)  # nothing is sampled
+    with pytest.raises(UsageError, match="hypo_allow_off_policy"):  # the held-out KL at eval samples too
+        HyPOConfig(hypo_sampler="vllm-http", hypo_lambda=0.0, hypo_eval_kl=True, **kw)
     for s in ("vllm-server", "vllm-colocate", "vllm-lora", "hf"):
         HyPOConfig(hypo_sampler=s, **kw)
     for bad in (0, -1, 1.5):
