@@ -170,7 +170,8 @@ class FixedGenerate:
 
 @pytest.mark.parametrize("lam", [0.5, 2.0])
 def test_hypo_step_loss_and_gradient_equal_dpo_plus_lambda_surrogate_by_hand(tmp_path, lam):
-    trainer = make(HyPOTrainer, HyPOConfig, tmp_path, hypo_lambda=lam, hypo_num_samples=2, hypo_max_new_tokens=5)
+    trainer = make(HyPOTrainer, HyPOConfig, tmp_path, hypo_lambda=lam, hypo_num_samples=2, hypo_max_new_tokens=5,
+                   hypo_top_p=0.95)
     tok, model = trainer.processing_class, trainer.model
     eos, pad = tok.eos_token_id, tok.pad_token_id
     perturb_lora(model)
@@ -196,7 +197,8 @@ def test_hypo_step_loss_and_gradient_equal_dpo_plus_lambda_surrogate_by_hand(tmp
     assert metrics["hypo/gen_len"][-1] == pytest.approx((3 + 5) / 2)  # EOS counts, pads after it do not
     assert metrics["hypo/eos_rate"][-1] == pytest.approx(0.5)
     gen = model.generate.configs[-1]
-    assert (gen.do_sample, gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens) == (True, 1.0, 1.0, 0, 5)
+    assert (gen.do_sample, gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens) == (True, 1.0, 0.95, 0, 5)
+    assert (gen.repetition_penalty, gen.no_repeat_ngram_size, gen.num_beams) == (1.0, 0, 1)
 
 
 def plain_sampling(model, prompt, k, max_new_tokens, temperature, eos, pad):
@@ -420,3 +422,28 @@ def test_treg_lazy_rewards_equal_eager_and_cover_only_the_rows_seen(tmp_path):
     for i, (chosen, _) in stored.items():
         row = again.train_dataset[int(i)]
         assert chosen == pytest.approx(by_prompt[tuple(row["prompt_ids"]) + tuple(row["chosen_ids"])], abs=1e-6)
+
+
+def test_treg_trainer_rewards_equal_a_from_scratch_contrastive_score(tmp_path):
+    """The trainer's precomputed rewards == sigma(log p_ref(y_t | better, y_<t) - log p_ref(y_t | worse, y_<t)) - 0.5
+    computed here one sequence at a time with a full log_softmax on the reference (adapter off), for every
+    chosen and rejected token: catches swapped contexts and rewards shifted by a position."""
+    better, worse = "Answer well and kindly:\n{prompt}", "Answer badly:\n{prompt}"
+    trainer = make(TREGTrainer, TREGConfig, tmp_path, treg_better_template=better, treg_worse_template=worse)
+    model, tok = trainer.model, trainer.processing_class
+    perturb_lora(model)  # the policy differs from the reference: rewards must come from the reference
+    for row in (trainer.train_dataset[i] for i in range(3)):
+        ctx = {t: tok(t.replace("{prompt}", row["prompt"]))["input_ids"] for t in (better, worse)}
+        for col in ("chosen", "rejected"):
+            ids = list(row[f"{col}_ids"])
+            expected = []
+            with torch.no_grad(), model.disable_adapter():
+                lp = {}
+                for t, c in ctx.items():
+                    seq = torch.tensor([c + ids])
+                    logp = torch.log_softmax(model(input_ids=seq).logits[0, :-1].float(), -1)
+                    lp[t] = logp[torch.arange(len(c) - 1, seq.shape[1] - 1), seq[0, len(c):]]
+            expected = torch.sigmoid(lp[better] - lp[worse]) - 0.5
+            got = torch.tensor(row[f"{col}_token_rewards"])
+            torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+            assert expected.abs().max() > 1e-3
