@@ -175,6 +175,21 @@ def resolve_source(name_or_path: str) -> ModelSource:
     return ModelSource("hub", name_or_path)
 
 
+def preflight_source(name: str, what: str = "model") -> None:
+    """Every check on a model name that needs no weights, for names loaded later (e.g. ``--amateur``).
+
+    A missing local path fails with a did-you-mean; a Hub id fails when offline (or the Hub is
+    unreachable) and it is not in the Hugging Face cache. Embedded names and existing paths pass.
+    """
+    if name in EMBEDDED_CAUSAL or name in EMBEDDED_ENCODERS or Path(name).expanduser().exists():
+        return
+    check_local_path(name, what)
+    try:
+        check_hub(resolve_source(name), {})
+    except UsageError as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -210,7 +225,8 @@ def check_hub(source: ModelSource, kwargs: dict) -> None:
         return
     if hub_offline():
         raise UsageError(f"model '{source.path}' is not a local path and not in the Hugging Face cache, and "
-                         f"HF_HUB_OFFLINE=1 forbids downloading it. Embedded models: {', '.join(EMBEDDED_CAUSAL)}")
+                         f"HF_HUB_OFFLINE=1 forbids downloading it (no folder '{source.path}' in {os.getcwd()})."
+                         f" Embedded models: {', '.join(EMBEDDED_CAUSAL)}")
     if not hub_reachable():
         raise UsageError(f"model '{source.path}' is not a local path, not in the Hugging Face cache, and the Hub is "
                          f"unreachable (no network?). Give a local path, or set HF_HUB_OFFLINE=1 to work offline "

@@ -168,9 +168,9 @@ def run(argv: list[str]) -> int:
 
     for name in names:  # a mistyped --amateur path fails here, not after the model load
         if isinstance(params[name].get("amateur"), str):
-            from contrastkit.models import check_local_path
+            from contrastkit.models import preflight_source
 
-            check_local_path(params[name]["amateur"], "amateur")
+            preflight_source(params[name]["amateur"], "amateur")
     model, tokenizer = load_model(model_cfg)
     streamer = None
     if opts.stream:

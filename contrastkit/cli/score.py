@@ -79,9 +79,9 @@ def run(argv: list[str]) -> int:
               if getattr(args, f.name, None) is not None}
     strat.make_config(**params)
     if isinstance(params.get("amateur"), str):
-        from contrastkit.models import check_local_path
+        from contrastkit.models import preflight_source
 
-        check_local_path(params["amateur"], "amateur")  # a mistyped path fails before the model load
+        preflight_source(params["amateur"], "amateur")  # a mistyped path fails before the model load
 
     from contrastkit.decoding.scoring import score
     from contrastkit.models import load_model

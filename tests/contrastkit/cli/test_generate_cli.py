@@ -248,6 +248,11 @@ def test_threads_flag_reaches_torch(tiny_model_dir, capsys):
         code, _, err = run(["score", "--model", str(tiny_model_dir), "--context", "a", "--continuation", " b",
                             "--threads", "2"], capsys)
         assert code == 0 and torch.get_num_threads() == 2
+        from contrastkit.alignment.configs import ContrastDPOConfig
+        from contrastkit.cli.train_common import parse_configs
+
+        parse_configs("t", ContrastDPOConfig, ["--train_file", "p.jsonl", "--output_dir", "o", "--threads", "4"])
+        assert torch.get_num_threads() == 4  # train takes it through the same parser
     finally:
         torch.set_num_threads(before)
 
