@@ -70,7 +70,7 @@ class HFSampler:
             do_sample=True, num_beams=1, num_return_sequences=1, temperature=temperature, top_p=top_p, top_k=0,
             min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
             encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0,
-            min_length=0, min_new_tokens=0, max_new_tokens=max_new_tokens, bad_words_ids=None,
+            min_new_tokens=0, max_new_tokens=max_new_tokens, bad_words_ids=None,
             suppress_tokens=None, begin_suppress_tokens=None, forced_bos_token_id=None, forced_eos_token_id=None,
             sequence_bias=None, exponential_decay_length_penalty=None, renormalize_logits=False,
             pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id, use_cache=True)
