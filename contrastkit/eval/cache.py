@@ -64,13 +64,18 @@ def path_identity(path: str | Path) -> dict:
     return {"path": str(p.resolve()), "files": out}
 
 
-def value_identity(value):
-    """What identifies a strategy parameter value: models by their weights, existing paths by their files."""
+def value_identity(value, key: str = ""):
+    """What identifies a strategy parameter value: models by their weights, model/adapter paths by their files.
+
+    A string counts as a path when it names an existing file or directory and either the parameter
+    is ``amateur`` or the string contains a path separator (so ``lower_layer="middle"`` stays text).
+    """
     if hasattr(value, "named_parameters"):
         from contrastkit.models import weights_identity
 
         return weights_identity(value)
-    if isinstance(value, (str, Path)) and str(value) and Path(str(value)).expanduser().exists():
+    if isinstance(value, (str, Path)) and str(value) and (key == "amateur" or os.sep in str(value)) \
+            and Path(str(value)).expanduser().exists():
         return path_identity(value)
     return jsonable(value)
 
@@ -82,7 +87,7 @@ def strategy_identity(name: str, params: dict) -> dict:
     config = get_strategy(name).make_config(**params)
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)} if dataclasses.is_dataclass(
         config) else dict(params)
-    return {"name": name, **{k: value_identity(v) for k, v in fields.items()}}
+    return {"name": name, **{k: value_identity(v, k) for k, v in fields.items()}}
 
 
 def run_label(name: str, params: dict) -> str:

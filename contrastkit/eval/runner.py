@@ -176,7 +176,7 @@ def run_evaluation(task, specs: list[StrategySpec], output_dir: str | Path, *, c
     caches = []
     for spec in specs:  # check every fingerprint before computing anything
         fp = flatten({"task": t_ident, "strategy": strategy_identity(spec.name, spec.params), "model": m_ident,
-                      "seed": seed})
+                      **({"seed": seed} if getattr(task, "uses_seed", True) else {})})
         info = {"spec": spec.to_dict(), "model_name": model_name, "task_name": task.name}
         cache = RecordCache(out / "records" / f"{spec.label}.jsonl", fp, overwrite, info)
         cache.check_items(keys)

@@ -148,6 +148,7 @@ class TruthfulQAMC(_TruthfulQABase):
 
     name = "truthfulqa-mc"
     default_chunk_size = 32  # questions per scoring call (and per cache flush): more rows per packed forward
+    uses_seed = False  # answer scores are deterministic: --seed must not force a recompute
     report_columns = ["mc1", "mc2", "mc3", "mc1_lmeval"]
     item_metrics = ["mc1", "mc2", "mc3", "mc1_lmeval"]
     metric_help = MC_HELP

@@ -63,3 +63,32 @@ def test_truthfulqa_generation_cli(capsys, tmp_path, tiny_model_dir, shared_data
     assert all(0 < r["true_prob"] < 1 and r["true"] == float(r["true_prob"] > 0.5) for r in recs)
     metrics = json.loads((tmp_path / "summary.json").read_text())["strategies"]["greedy"]["metrics"]
     assert metrics["true_info"] == sum(r["true"] * r["info"] for r in recs) / 2
+
+
+def test_cli_adapter_and_data_changes_are_refused_limit_is_not(capsys, tmp_path, tiny_model_dir, shared_data):
+    """CLI wiring: --adapter reaches the fingerprint; --limit/--batch_size/--seed do not (MC)."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    from contrastkit.models import load_model
+
+    base, _ = load_model(str(tiny_model_dir))
+    get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)).save_pretrained(
+        tmp_path / "adapter")
+    data = tmp_path / "mc.json"
+    shutil.copy(shared_data / "truthfulqa/hub_013686a/mc_task.json", data)
+    argv = ["eval", "truthfulqa", "--model", str(tiny_model_dir), "--data", str(data), "--preset", "zero-shot",
+            "--output_dir", str(tmp_path / "o"), "--quiet"]
+    assert _run(capsys, argv + ["--limit", "1"])[0] == 0
+    code, _, err = _run(capsys, argv + ["--limit", "2", "--batch_size", "3", "--seed", "5"])
+    assert code == 0, err  # extended in place
+    recs = (tmp_path / "o/records/greedy.jsonl").read_text().splitlines()
+    assert len(recs) == 2
+    code, _, err = _run(capsys, argv + ["--limit", "2", "--adapter", str(tmp_path / "adapter")])
+    assert code == 2 and "different model." in err and "--overwrite" in err and "Traceback" not in err
+    data.write_text(data.read_text().replace('"question": "', '"question": "Really? ', 1))
+    code, _, err = _run(capsys, argv + ["--limit", "2"])
+    assert code == 2 and "different task.data_sha256" in err
+    code, out, _ = _run(capsys, argv + ["--limit", "2", "--overwrite"])
+    assert code == 0 and "Really? " in (tmp_path / "o/records/greedy.jsonl").read_text()

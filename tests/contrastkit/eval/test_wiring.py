@@ -132,3 +132,20 @@ def test_mc2_formula_independent_of_package():
     t, f = [SCORES[a] for a in ("A.", "B.", "C.")], [SCORES[a] for a in ("X.", "Y.", "Z.")]
     hand = sum(math.exp(x) for x in t) / (sum(math.exp(x) for x in t) + sum(math.exp(x) for x in f))
     assert hand == pytest.approx(MC2_HAND, abs=1e-6) and M.mc2(t, f) == pytest.approx(hand, abs=1e-12)
+
+
+def test_category_breakdown_hand_computed():
+    task = tt.TruthfulQAMC.__new__(tt.TruthfulQAMC)
+    recs = [{"category": "Misconceptions", "type": "Adversarial", "mc1": 1.0, "mc2": 0.6, "mc3": 0.5, "mc1_lmeval": 1.0},
+            {"category": "Misconceptions", "type": "Non-Adversarial", "mc1": 0.0, "mc2": 0.2, "mc3": 0.0,
+             "mc1_lmeval": 0.0},
+            {"category": "Law", "type": "Adversarial", "mc1": 0.0, "mc2": 0.4, "mc3": 1.0, "mc1_lmeval": 1.0}]
+    b = task.breakdown(recs)
+    assert b["category"]["Misconceptions"] == pytest.approx({"n": 2, "mc1": 0.5, "mc2": 0.4, "mc3": 0.25,
+                                                             "mc1_lmeval": 0.5})
+    assert b["category"]["Law"]["n"] == 1 and b["category"]["Law"]["mc3"] == 1.0
+    assert b["type"]["Adversarial"] == pytest.approx({"n": 2, "mc1": 0.5, "mc2": 0.5, "mc3": 0.75, "mc1_lmeval": 1.0})
+    from contrastkit.eval.report import breakdown_markdown
+
+    lines = breakdown_markdown({"strategies": {"greedy": {"breakdown": b}}, "item_metrics": ["mc1"]})
+    assert "| Misconceptions | 0.5000 (2) |" in lines and "| Law | 0.0000 (1) |" in lines
