@@ -195,16 +195,40 @@ class VLLMLoRASampler(_SyncingSampler):
         self.lora_dir = os.path.abspath(lora_dir or os.path.join(trainer.args.output_dir, "vllm_lora"))
         self.prefix, self.keep, self.loaded = prefix, keep, []
 
+    def _admin(self, path: str, lora_name: str, lora_path: str | None = None, *, missing_ok: bool = False) -> str:
+        """POST a runtime-LoRA endpoint. vLLM answers success in plain text ("Success: LoRA adapter ...")
+        and errors as JSON with HTTP 400/404; ``missing_ok`` ignores 'not found' on unload."""
+        import urllib.error
+        import urllib.request
+
+        payload = {"lora_name": lora_name} if lora_path is None else {"lora_name": lora_name, "lora_path": lora_path}
+        req = urllib.request.Request(self.http.base_url.rstrip("/") + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.http.timeout) as resp:  # noqa: S310 - user-given URL
+                return resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            if missing_ok and e.code in (400, 404):
+                return ""
+            detail = " ".join(e.read().decode(errors="replace").split())[:300]
+            hint = " (start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)" if e.code == 404 else ""
+            raise UsageError(f"vLLM server at {self.http.base_url} refused {path} for '{lora_name}': "
+                             f"HTTP {e.code} {detail}{hint}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise UsageError(f"vLLM server at {self.http.base_url} did not answer {path}: {e}") from None
+
     def push_weights(self, step: int) -> None:
         name = f"{self.prefix}-step-{step}"
         if self._is_main():
             path = os.path.join(self.lora_dir, f"step-{step}")
             self.trainer.accelerator.unwrap_model(self.trainer.model).save_pretrained(path)
-            self.http._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+            # a resumed run reuses step names: drop a stale adapter of that name (vLLM refuses a reload)
+            self._admin("/v1/unload_lora_adapter", name, missing_ok=True)
+            self._admin("/v1/load_lora_adapter", name, path)
             self.loaded.append((name, path))
             while len(self.loaded) > self.keep:
                 old, old_path = self.loaded.pop(0)
-                self.http._post("/v1/unload_lora_adapter", {"lora_name": old})
+                self._admin("/v1/unload_lora_adapter", old, missing_ok=True)
                 shutil.rmtree(old_path, ignore_errors=True)
         self.trainer.accelerator.wait_for_everyone()  # no rank samples before the adapter is served
         self.http.model_name = name

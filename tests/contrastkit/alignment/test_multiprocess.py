@@ -128,6 +128,8 @@ class _LoRAServer(BaseHTTPRequestHandler):
             assert Path(body["lora_path"], "adapter_model.safetensors").is_file()
             type(self).loaded.add(body["lora_name"])
         elif self.path == "/v1/unload_lora_adapter":
+            if body["lora_name"] not in type(self).loaded:
+                return self._send({"object": "error", "message": "not found"}, 404)
             type(self).loaded.discard(body["lora_name"])
         elif body["model"] not in type(self).loaded:  # a rank sampled before the adapter was served
             type(self).log.append(("missing", body["model"]))
@@ -137,7 +139,11 @@ class _LoRAServer(BaseHTTPRequestHandler):
             n = body["n"]
             return self._send({"choices": [{"index": i * n + j, "token_ids": [p[-1], 2], "finish_reason": "stop"}
                                            for i, p in enumerate(body["prompt"]) for j in range(n)]})
-        self._send({"success": True})
+        text = f"Success: LoRA adapter '{body['lora_name']}' done.".encode()  # vLLM answers in plain text
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
 
 
 def test_two_process_hypo_vllm_lora_main_rank_syncs_every_rank_samples_it(tmp_path, tiny_model_dir):

@@ -208,9 +208,17 @@ class _Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         payload = json.loads(self.rfile.read(n)) if n else {}
         try:
-            self._send(self.engine.post(self.path, payload))
-        except KeyError as e:
-            self._send({"error": str(e)}, 404)
+            out = self.engine.post(self.path, payload)
+        except LookupError as e:  # vLLM: JSON error body, 404 for an unknown adapter/model, 400 for a duplicate
+            return self._send({"object": "error", "message": str(e)}, 400 if isinstance(e, IndexError) else 404)
+        if isinstance(out, str):  # vLLM answers the runtime-LoRA endpoints in plain text
+            body = out.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
+        self._send(out)
 
 
 class FakeServer:
@@ -235,10 +243,16 @@ class FakeServer:
         elif path == "/v1/load_lora_adapter":
             from safetensors.torch import load_file
 
+            if payload["lora_name"] in self.adapters:
+                raise IndexError(f"The lora adapter '{payload['lora_name']}' has already been loaded.")
             state = load_file(f"{payload['lora_path']}/adapter_model.safetensors")
             self.adapters[payload["lora_name"]] = {self.lora_key(k): v for k, v in state.items()}
+            return f"Success: LoRA adapter '{payload['lora_name']}' added successfully."
         elif path == "/v1/unload_lora_adapter":
+            if payload["lora_name"] not in self.adapters:
+                raise KeyError(f"The lora adapter '{payload['lora_name']}' cannot be found.")
             del self.adapters[payload["lora_name"]]
+            return f"Success: LoRA adapter '{payload['lora_name']}' removed successfully."
         elif path == "/v1/completions":
             # neutral sampling said explicitly (else vLLM fills it from generation_config.json)
             self.neutral.append({k: payload.get(k) for k in ("top_k", "min_p", "repetition_penalty")})
@@ -307,6 +321,7 @@ def test_server_mode_each_request_sees_its_steps_weights(tmp_path, serve, monkey
 def test_lora_endpoint_sync_sends_the_current_adapter(tmp_path, serve):
     witness = Witness(lora_state)
     engine = FakeServer(witness, lora_key=lambda k: k)
+    engine.adapters["contrastkit-policy-step-0"] = {"stale": torch.zeros(1)}  # left by a killed earlier run
     url = serve(engine)
     trainer = make_trainer(tmp_path, "vllm-lora", vllm_server_url=url)
     witness.trainer = trainer
@@ -314,7 +329,7 @@ def test_lora_endpoint_sync_sends_the_current_adapter(tmp_path, serve):
     check_ledger(tmp_path, witness, 1, 4)
     assert engine.neutral == [{"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}] * 4
     loads = [c for c in engine.calls if c == "/v1/load_lora_adapter"]
-    assert len(loads) == 4 and len(engine.adapters) == 2  # older adapters unloaded (keep=2)
+    assert len(loads) == 4 and sorted(engine.adapters) == ["contrastkit-policy-step-2", "contrastkit-policy-step-3"]
     assert sorted(p.name for p in (tmp_path / "vllm_lora").iterdir()) == ["step-2", "step-3"]
 
 
@@ -404,3 +419,16 @@ def test_cli_run_summary_records_sampler(tmp_path, tiny_model_dir, serve, sample
     assert {k: summary["sampler"][k] for k in expect} == expect
     saved = json.loads((tmp_path / "o" / "train_summary.json").read_text())
     assert saved["sampler"] == summary["sampler"] and len(engine.witness.requests) == 3
+
+
+def test_lora_sync_without_runtime_lora_is_one_line_error(tmp_path, serve):
+    class NoLoRA(FakeServer):
+        def post(self, path, payload):
+            if "lora_adapter" in path:
+                raise KeyError("Not Found")
+            return super().post(path, payload)
+
+    url = serve(NoLoRA(Witness(lora_state), lora_key=lambda k: k))
+    trainer = make_trainer(tmp_path, "vllm-lora", steps=1, vllm_server_url=url)
+    with pytest.raises(UsageError, match="refused /v1/load_lora_adapter .* HTTP 404 .*--enable-lora"):
+        trainer.train()
