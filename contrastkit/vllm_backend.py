@@ -9,8 +9,11 @@ are :class:`contrastkit.generation.GenerationResult` with the HF path's fields, 
 Mapping (vLLM sampling parameters): greedy -> ``temperature=0``; sample -> ``temperature``,
 ``top_p``, ``top_k`` (0 = off) and ``seed`` (the run seed + the batch start, as the HF path
 seeds each batch; vLLM honours per-request seeds, the numbers differ from HF's RNG); beam ->
-``use_beam_search`` with beam width ``num_beams`` and ``length_penalty``, best beam kept
-(``early_stopping=True`` has no vLLM equivalent and is refused). ``min_new_tokens`` ->
+``use_beam_search`` with beam width ``num_beams`` and ``length_penalty``, best beam kept. vLLM's
+beam search takes nothing else, so ``early_stopping``, ``min_new_tokens``, a repetition penalty or
+stop strings with beam are refused; and it divides by the length *including the prompt* where HF
+divides by the generated length, so with ``length_penalty != 0`` beams that end at different
+lengths can rank differently than on HF. ``min_new_tokens`` ->
 ``min_tokens``; ``stop`` strings are kept in the output, as HF keeps them. Every other sampling
 parameter is sent at its neutral value (top_k 0, min_p 0, no penalties): vLLM would otherwise
 fill it from the model's ``generation_config.json``, which the HF path does not apply.
@@ -67,9 +70,13 @@ def request_for(name: str, config, *, max_new_tokens: int, min_new_tokens: int, 
         body.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
         if config.seed is not None or seed is not None:
             body["seed"] = config.seed if config.seed is not None else seed
-    else:  # beam
-        if config.early_stopping:
-            raise UsageError("beam early_stopping=true has no vLLM equivalent; drop it or use --backend hf")
+    else:  # beam: vLLM's BeamSearchParams has width, max_tokens, temperature, length_penalty and nothing else
+        unsupported = {"early_stopping=true": config.early_stopping, "min_new_tokens > 0": min_new_tokens > 0,
+                       "repetition_penalty != 1": repetition_penalty != 1.0, "stop strings": bool(stops)}
+        bad = [k for k, v in unsupported.items() if v]
+        if bad:
+            raise UsageError(f"beam with {', '.join(bad)} has no vLLM equivalent (vLLM's beam search takes only "
+                             f"num_beams and length_penalty); drop it or use --backend hf")
         body.update(use_beam_search=True, n=config.num_beams, length_penalty=config.length_penalty, temperature=0.0)
     return body
 

@@ -58,7 +58,8 @@ class _OpenAIStandIn(BaseHTTPRequestHandler):
                   pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
                   repetition_penalty=body["repetition_penalty"])
         with torch.no_grad():
-            if body.get("use_beam_search"):
+            if body.get("use_beam_search"):  # vLLM's BeamSearchParams: width, length penalty, nothing else
+                kw.update(min_new_tokens=None, repetition_penalty=1.0)
                 out = self.model.generate(ids, num_beams=body["n"], num_return_sequences=body["n"], do_sample=False,
                                           length_penalty=body["length_penalty"], **kw)
             elif body["temperature"] == 0:
@@ -94,12 +95,15 @@ def test_greedy_and_beam_records_match_hf_backend(tmp_path, tiny_model_dir, serv
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps(r) + "\n" for r in [
         {"prompt": "the cat saw"}, {"prompt": "a red king went to the"}, {"input_ids": [5, 6, 7]}]))
-    common = ["generate", "--model", str(tiny_model_dir), "--input", str(inp), "--strategy", "greedy,beam",
-              "--max_new_tokens", "6", "--min_new_tokens", "2", "--num_beams", "3", "--batch_size", "2"]
-    assert main([*common, "--output", str(tmp_path / "hf.jsonl")]) == 0
-    assert main([*common, "--output", str(tmp_path / "vllm.jsonl"), "--backend", "vllm",
-                 "--vllm_url", server]) == 0, capsys.readouterr().err
-    hf, vl = _records(tmp_path / "hf.jsonl"), _records(tmp_path / "vllm.jsonl")
+    hf, vl = [], []
+    for strategy, extra in (("greedy", ["--min_new_tokens", "2"]), ("beam", ["--num_beams", "3"])):
+        common = ["generate", "--model", str(tiny_model_dir), "--input", str(inp), "--strategy", strategy,
+                  "--max_new_tokens", "6", "--batch_size", "2", *extra]
+        assert main([*common, "--output", str(tmp_path / "hf.jsonl")]) == 0
+        assert main([*common, "--output", str(tmp_path / "vllm.jsonl"), "--backend", "vllm",
+                     "--vllm_url", server]) == 0, capsys.readouterr().err
+        hf += _records(tmp_path / "hf.jsonl")
+        vl += _records(tmp_path / "vllm.jsonl")
     assert len(hf) == len(vl) == 6
     same = ("index", "model", "prompt", "text", "token_ids", "strategy", "params", "prompt_tokens", "new_tokens")
     for a, b in zip(hf, vl):
@@ -144,6 +148,8 @@ def test_hidden_state_strategies_refused_with_reason(tmp_path, tiny_model_dir, s
     (["--backend", "vllm", "--vllm_url", "http://127.0.0.1:9"], "did not answer"),
     (["--backend", "vllm", "--vllm_url", "http://x", "--strategy", "beam", "--early_stopping", "true"],
      "early_stopping"),
+    (["--backend", "vllm", "--vllm_url", "http://x", "--strategy", "beam", "--min_new_tokens", "2"],
+     "beam with min_new_tokens > 0 has no vLLM equivalent"),
 ])
 def test_bad_backend_input_is_one_line(tmp_path, tiny_model_dir, extra, match, capsys):
     out = tmp_path / "o.jsonl"
