@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,7 @@ class RecordCache:
         if overwrite:
             for p in (self.path, self.meta):
                 p.unlink(missing_ok=True)
+        created = time.time()
         if self.meta.exists():
             old = json.loads(self.meta.read_text())
             if old.get("schema") != META_SCHEMA:
@@ -143,11 +145,12 @@ class RecordCache:
                                  f"{old.get('schema', 1)}, now {META_SCHEMA}); use --overwrite to recompute")
             if old["fingerprint"] != fingerprint:
                 raise UsageError(mismatch_message(self.path, old["fingerprint"], fingerprint))
+            created = old.get("created", created)
         else:
             self.path.unlink(missing_ok=True)
         from contrastkit.eval.report import atomic_write_text
 
-        atomic_write_text(self.meta, json.dumps({"schema": META_SCHEMA, "fingerprint": fingerprint,
+        atomic_write_text(self.meta, json.dumps({"schema": META_SCHEMA, "fingerprint": fingerprint, "created": created,
                                                  **jsonable(info or {})}, indent=1, sort_keys=True))
         self.records: dict[Any, dict] = load_records(self.path, rewrite=True)
 

@@ -183,7 +183,7 @@ def run_evaluation(task, specs: list[StrategySpec], output_dir: str | Path, *, c
         caches.append(cache)
     for spec, cache in zip(specs, caches):
         _run_strategy(task, spec, items, cache, chunk_size, progress, on_chunk, keys)
-    summary = build_summary(task, out, ids, seed=seed, model_name=model_name, first=[s.label for s in specs])
+    summary = build_summary(task, out, ids, seed=seed, model_name=model_name)
     write_reports(summary, out, getattr(task, "report_columns", None), getattr(task, "plots", []) if plots else [])
     return summary
 
@@ -214,8 +214,12 @@ def _run_strategy(task, spec, items, cache, chunk_size, progress, on_chunk, keys
         bar.close()
 
 
-def directory_runs(out: Path, t_ident: dict, first: list[str] = ()) -> tuple[list[tuple[str, dict]], dict]:
-    """``([(label, meta)], skipped)``: labels under ``out/records`` computed for this task identity."""
+def directory_runs(out: Path, t_ident: dict) -> tuple[list[tuple[str, dict]], dict]:
+    """``([(label, meta)], skipped)``: labels under ``out/records`` computed for this task identity.
+
+    Runs come in the order they were first started in the directory, so the first one (the
+    baseline of the paired tests) does not change when a later invocation adds runs.
+    """
     want = flatten({"task": t_ident})
     runs, skipped = {}, {}
     for meta_path in sorted((out / "records").glob("*.meta.json")):
@@ -231,16 +235,16 @@ def directory_runs(out: Path, t_ident: dict, first: list[str] = ()) -> tuple[lis
             skipped[label] = f"different {', '.join(diff[:3])}"
             continue
         runs[label] = meta
-    order = [lab for lab in first if lab in runs] + sorted(lab for lab in runs if lab not in first)
+    order = sorted(runs, key=lambda lab: (runs[lab].get("created", 0.0), lab))
     return [(lab, runs[lab]) for lab in order], skipped
 
 
-def build_summary(task, out: Path, ids: list, *, seed: int = 0, model_name: str = "", first=()) -> dict:
+def build_summary(task, out: Path, ids: list, *, seed: int = 0, model_name: str = "") -> dict:
     """summary.json from every compatible record set in ``out`` (restricted to this task's items)."""
     from contrastkit import eval as _  # noqa: F401  (task registry)
     from contrastkit.eval.report import item_statistics, paired_tests
 
-    runs, skipped = directory_runs(out, task_identity(task), list(first))
+    runs, skipped = directory_runs(out, task_identity(task))
     item_metrics = list(getattr(task, "item_metrics", []))
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "task": task.name, "task_config": task.config(), "model": model_name,
@@ -265,6 +269,8 @@ def build_summary(task, out: Path, ids: list, *, seed: int = 0, model_name: str 
             **spec.to_dict(), "model": meta.get("model_name", ""), "metrics": metrics, "n_items": len(records),
             "stats": item_statistics(records, item_metrics), "time_s": total_time,
             "items_per_s": len(records) / total_time if total_time else None}
+        if hasattr(task, "run_warnings"):
+            summary["warnings"] += [f"{label}: {w}" for w in task.run_warnings(spec)]
         if hasattr(task, "breakdown"):
             summary["strategies"][label]["breakdown"] = task.breakdown(records)
         per_item[label] = {r["id"]: r for r in records}

@@ -170,6 +170,17 @@ class TruthfulQAMC(_TruthfulQABase):
     def summarize(self, spec, records: list[dict]) -> dict[str, float]:
         return {k: float(np.mean([r[k] for r in records])) for k in self.item_metrics}
 
+    def run_warnings(self, spec) -> list[str]:
+        """Deviations that hold for one run: contrastive rules make MC2 a normalisation of contrast scores."""
+        from contrastkit.decoding.base import get_strategy
+        from contrastkit.eval.truthfulqa import is_plain
+
+        if is_plain(get_strategy(spec.name)):
+            return []
+        return [f"answer scores are sums of {spec.name}'s contrast scores, not log-probs, so mc2 normalises "
+                f"exp(contrast scores) (as the DoLa/ICD code does): not a probability, not comparable with "
+                f"plain-rule mc2; mc1/mc3 only compare scores"]
+
 
 def mc_record(q, by_answer: dict[str, float]) -> dict:
     """One question's audit record: both answer lists with labels and scores, and MC1/MC2/MC3.

@@ -130,12 +130,15 @@ def test_limit_and_batch_size_do_not_force_a_recompute(tiny_llama, tiny_tok, mc_
 
 def test_reports_keep_every_run_in_the_directory(tiny_llama, tiny_tok, mc_file, tmp_path):
     out = tmp_path / "run"
+    first = parse_strategies("sample", {"sample": {"top_k": 5}})
+    _run(_task(tiny_llama, tiny_tok, mc_file, limit=2), out, first)
     _run(_task(tiny_llama, tiny_tok, mc_file, limit=2), out)
-    _run(_task(tiny_llama, tiny_tok, mc_file, limit=2), out, parse_strategies("sample", {"sample": {"top_k": 5}}))
     _run(_task(tiny_llama, tiny_tok, mc_file, limit=2), out, parse_strategies("sample", {"sample": {"top_k": 7}}))
+    _run(_task(tiny_llama, tiny_tok, mc_file, limit=2), out)  # a rerun does not move greedy to the front
     summary = json.loads((out / "summary.json").read_text())
     labels = list(summary["strategies"])
-    assert len(labels) == 3 and labels[0].startswith("sample-") and "greedy" in labels  # this run first
+    assert len(labels) == 3 and labels[:2] == [first[0].label, "greedy"]  # order first started: stable baseline
+    assert {r["baseline"] for r in summary["paired"]} == {first[0].label}
     assert {summary["strategies"][k]["params"].get("top_k") for k in labels} == {None, 5, 7}
     table = (out / "results.md").read_text()
     assert all(f"| {k} |" in table for k in labels)
