@@ -17,7 +17,7 @@ INCFT_LAYERS = ("classifier", "pet", "classifier+pet")
 
 @dataclass
 class CoACTConfig:
-    """Hyper-parameters of one CoACT model (arXiv 2405.16625 sections 3.1-3.3)."""
+    """Hyper-parameters of one CoACT model (arXiv 2405.16625 v2, method section: parts (i)-(iii))."""
 
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (code: 16, hard-coded)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (code: 16)."})

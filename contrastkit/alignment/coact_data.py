@@ -1,6 +1,6 @@
 """Inputs of CoACT runs: text or image examples, batching, the two views, and no-grad embedding.
 
-Views (arXiv 2405.16625 section 3.2 uses SimCLR image augmentations): for text, the views differ
+Views (arXiv 2405.16625 v2, part (i), uses SimCLR image augmentations): for text, the views differ
 by dropout noise (SimCSE, arXiv 2104.08821) and optionally by [MASK]ing a fraction of the student's
 tokens (ours); for images, a random horizontal flip and a random resized crop (scale 0.6-1) done
 with one batched ``affine_grid`` (no torchvision needed).

@@ -17,7 +17,7 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, *, temperature: fl
                 base_temperature: float | None = None) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al., arXiv 2004.11362, eq. 2 "L_out"), ``contrast_mode='all'``.
 
-    CoACT uses it between the student's and the teacher's views (arXiv 2405.16625 section 3.2).
+    CoACT uses it between the student's and the teacher's views (arXiv 2405.16625 v2, part (i), asynchronous contrastive tuning).
     Every view of every example is an anchor; its positives are all *other* views with the same
     label; the loss of an anchor is ``-mean_{p in P(a)} log softmax_{k != a}(z_a . z_k / tau)[p]``,
     scaled by ``tau / base_tau`` and averaged over all anchors. An anchor without positives (a
@@ -63,7 +63,7 @@ def masked_logits(logits: torch.Tensor, seen_mask: torch.Tensor) -> torch.Tensor
 
 
 def consistency_loss(logits: torch.Tensor, base_logits: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-    """Consistency term of CoACT's incremental sessions (arXiv 2405.16625 section 3.3): MSE on logits.
+    """Consistency term of CoACT's incremental sessions (arXiv 2405.16625 v2, part (iii)): MSE on logits.
 
     Only the columns of classes the session-0 model knows enter the mean; the authors' code takes
     the MSE over every column, including random, never-trained rows (research notes 4.3).
@@ -98,7 +98,7 @@ def class_means(embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 @torch.no_grad()
 def ema_update_(teacher: list[torch.Tensor], student: list[torch.Tensor], momentum: float) -> None:
-    """EMA in place: ``teacher <- m * teacher + (1 - m) * student`` (MoCo; CoACT section 3.2, m = 0.999).
+    """EMA in place: ``teacher <- m * teacher + (1 - m) * student`` (MoCo; CoACT part (i), code m = 0.999).
 
     Computed as ``lerp(teacher, student, 1 - m)``, which is exact when both are equal, so a
     teacher whose student's base weights are frozen stays bit-identical to the pre-trained model.

@@ -1,6 +1,6 @@
 """The CoACT model: LoRA student, EMA teacher without adapters, bias-free prototype classifier.
 
-Roy et al., arXiv 2405.16625 section 3.2 (asynchronous contrastive tuning) and 3.3 (controlled
+Roy et al., arXiv 2405.16625 v2, parts (i) (asynchronous contrastive tuning) and (ii) (controlled
 fine-tuning); research notes 4.1 and 4.4 map the authors' ViT code onto peft for any HF encoder.
 
 * ``student``: the encoder wrapped by peft LoRA on the attention projections (``query``/``value``)
@@ -156,7 +156,7 @@ class CoACTModel(nn.Module):
         return self._ema_pairs
 
     def ema_update(self, momentum: float | None = None) -> None:
-        """``teacher <- m * teacher + (1 - m) * student_base`` over name-matched weights (section 3.2)."""
+        """``teacher <- m * teacher + (1 - m) * student_base`` over name-matched weights (part (i))."""
         m = self.cfg.ema_momentum if momentum is None else momentum
         ema_update_(*self._ema_pairs, m)
 

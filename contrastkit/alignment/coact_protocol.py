@@ -1,6 +1,6 @@
 """Few-shot class-incremental sessions: seeded class order, N-way K-shot splits, per-session metrics.
 
-The standard FSCIL protocol (research notes 4.1, "Session protocol"; arXiv 2405.16625 section 4.1):
+The standard FSCIL protocol (research notes 4.1, "Session protocol"; arXiv 2405.16625 v2, experiments, FSCIL setup):
 session 0 trains on ``base_classes`` classes (all their examples, or ``base_shots`` each), then
 ``sessions`` incremental sessions each add ``ways`` classes with ``shots`` examples each. After
 every session the model is tested on the test examples of all classes seen so far.

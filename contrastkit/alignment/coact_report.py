@@ -71,6 +71,7 @@ def plot_sessions(agg: dict, path: str | Path, title: str = "") -> bool:
         err = [0.0 if math.isnan(s["stderr"]) else 100 * s["stderr"] for s in v["sessions"]]
         ax.plot(xs, mean, marker="o", label=f"{method} (n={len(v['seeds'])})")
         ax.fill_between(xs, [m - e for m, e in zip(mean, err)], [m + e for m, e in zip(mean, err)], alpha=0.2)
+    ax.set_xticks(range(max(len(v["sessions"]) for v in agg.values())))
     ax.set_xlabel("session")
     ax.set_ylabel("accuracy on all seen classes (%)")
     ax.set_title(title or "few-shot class-incremental accuracy (mean ± s.e. over seeds)")

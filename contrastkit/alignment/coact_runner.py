@@ -2,7 +2,7 @@
 
 Methods (registry ``COACT_METHODS``, keyed by CLI name):
 
-* ``coact``: all three parts of arXiv 2405.16625 (section 3);
+* ``coact``: all three parts (i)-(iii) of arXiv 2405.16625 v2;
 * ``coact-no-contrastive`` / ``coact-no-controlled-ft`` / ``coact-no-consistency``: one part off;
 * ``prototype``: the frozen encoder with class-mean prototypes (nearest class mean by dot product,
   the standard FSCIL baseline; no training);

@@ -1,6 +1,6 @@
 """``CoACTTrainer``: one CoACT session as a ``transformers.Trainer`` subclass.
 
-Roy et al., arXiv 2405.16625 (TMLR 2025). The loss (sections 3.2 and 3.3; research notes 4.1):
+Roy et al., arXiv 2405.16625 (TMLR 2025). The loss (parts (i) and (iii) of the method; research notes 4.1):
 
 * base session: ``ce_w * CE(masked logits(student(view1)), y) + supcon_w * SupCon([z_student, z_teacher], y)``;
 * incremental sessions add the frozen session-0 model as a third SupCon view (ours; the code uses the

@@ -88,15 +88,34 @@ def _read_rows(path: str, text_col: str, label_col: str) -> tuple[list[str], lis
     return texts, labels
 
 
+def _load_hub(cfg: CoACTScriptConfig):
+    import os
+
+    from contrastkit.io import missing_data_error
+
+    what = f"Hub dataset '{cfg.dataset}' ({cfg.dataset_config})"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise missing_data_error(what, hub_id=cfg.dataset, flag="--train_file/--test_file")
+    from datasets import load_dataset
+
+    try:
+        ds = load_dataset(cfg.dataset, cfg.dataset_config)
+    except Exception as e:  # network, unknown id or config: one line, exit 2
+        raise UsageError(f"{what} could not be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+                         "pass local files with --train_file/--test_file") from None
+    for split in ("train", "test"):
+        if split not in ds:
+            raise UsageError(f"{what} has no '{split}' split (splits: {', '.join(ds)})")
+    return ds
+
+
 def load_data(cfg: CoACTScriptConfig):
     """``(train_texts, train_labels, test_texts, test_labels)`` from files or the Hub."""
     if cfg.train_file is not None:
         data = (*_read_rows(cfg.train_file, cfg.text_column, cfg.label_column),
                 *_read_rows(cfg.test_file, cfg.text_column, cfg.label_column))
     else:
-        from datasets import load_dataset
-
-        ds = load_dataset(cfg.dataset, cfg.dataset_config)
+        ds = _load_hub(cfg)
         names = ds["train"].features[cfg.label_column].names if hasattr(
             ds["train"].features[cfg.label_column], "names") else None
         conv = (lambda y: names[y]) if names else str

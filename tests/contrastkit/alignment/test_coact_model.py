@@ -209,3 +209,18 @@ def test_encoder_without_query_value_cannot_be_lora_wrapped():
         CoACTModel(enc, 3, CoACTConfig())
     with pytest.raises(UsageError, match="out of range"):
         _model(CoACTConfig(lora_blocks=[5]))
+
+
+def test_views_mask_only_the_student_view():
+    cfg = CoACTConfig(token_mask_prob=0.5)
+    m = _model(cfg)
+    tok = tiny_word_tokenizer()
+    b = _batch()
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = _trainer(m, cfg, _examples(), out=tmp)
+        tr.mask_token_id = tok.mask_token_id
+        tr.special_ids = torch.tensor(tok.all_special_ids)
+        v1, v2 = tr._views(m, {k: v for k, v in b.items() if k != "labels"})
+    assert torch.equal(v2["input_ids"], b["input_ids"])
+    masked = v1["input_ids"].eq(tok.mask_token_id)
+    assert masked.any() and not masked[:, 0].any() and torch.equal(v1["attention_mask"], b["attention_mask"])

@@ -93,6 +93,10 @@ def test_zero_incremental_epochs_is_base_model_plus_prototype_rows(text_data, tm
     for k in s0:
         if k not in ("classifier.weight", "seen"):
             assert torch.equal(s0[k], s2[k]), k
+    # the EMA callback and controlled fine-tuning ran in session 0: the teacher moved in the top block only
+    pre = dict(tiny_bert(0).named_parameters())
+    top, low = "encoder.layer.1.attention.self.query.weight", "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(s0["teacher." + top], pre[top]) and "teacher." + low not in s0
     w0, w2 = s0["classifier.weight"], s2["classifier.weight"]
     assert torch.equal(w0[:4], w2[:4]) and s2["seen"].all() and s0["seen"].tolist() == [True] * 4 + [False] * 4
     # rows 4..7 are the class means of the new shots under the session-0 encoder, recomputed from scratch
@@ -108,7 +112,9 @@ def test_zero_incremental_epochs_is_base_model_plus_prototype_rows(text_data, tm
 
 def test_resume_after_crash_equals_uninterrupted(text_data, tmp_path):
     full = _run("coact", text_data, out_dir=tmp_path / "a")
-    crashed = _run("coact", text_data, out_dir=tmp_path / "b", stop_after=1)
+    _run("coact", text_data, out_dir=tmp_path / "b", stop_after=0)
+    (tmp_path / "b" / "checkpoint.pt").rename(tmp_path / "b" / "session0.pt")
+    crashed = _run("coact", text_data, out_dir=tmp_path / "b", stop_after=1)  # session 0 again, then 1, "crash"
     assert len(crashed) == 2
     resumed = _run("coact", text_data, out_dir=tmp_path / "b")
     assert [r["acc"] for r in resumed] == [r["acc"] for r in full]
@@ -117,6 +123,9 @@ def test_resume_after_crash_equals_uninterrupted(text_data, tmp_path):
     for part in ("model", "base"):
         assert set(a[part]) == set(b[part])
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    s0 = torch.load(tmp_path / "b" / "session0.pt", weights_only=True)["model"]
+    assert set(a["base"]) == {k for k in s0 if not k.startswith("teacher.")}
+    assert all(torch.equal(a["base"][k], s0[k]) for k in a["base"])  # consistency target = session-0 model
     with pytest.raises(UsageError, match="other settings"):
         _run("coact", text_data, dataclasses.replace(P, shots=2), out_dir=tmp_path / "b")
 

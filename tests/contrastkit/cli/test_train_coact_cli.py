@@ -122,3 +122,15 @@ def test_encoder_that_cannot_be_lora_wrapped_exit_2(tmp_path, data, capsys):
     assert cli(flags(gpt2, *data, out)) == 2
     err = capsys.readouterr().err
     assert "cannot be LoRA-wrapped" in err and "c_attn" in err and not out.exists()
+
+
+def test_hub_default_offline_fails_fast_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    assert cli(["train", "coact", "--output_dir", str(out), "--progress", "false"]) == 2
+    err = capsys.readouterr().err
+    assert "clinc_oos" in err and "--train_file" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    # the shipped config's keys are all valid: it reaches the same data step
+    assert cli(["train", "coact", "--config", "coact_minilm_clinc", "--output_dir", str(out)]) == 2
+    assert "Hub id: clinc_oos" in capsys.readouterr().err and not out.exists()
