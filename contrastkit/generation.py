@@ -97,15 +97,20 @@ def _encode_messages(tokenizer, messages, where: str) -> tuple[list[int], str]:
     return list(ids), text
 
 
-def left_pad(tokenizer, batch: list[list[int]], device) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """Left-pad token id lists into ``(input_ids, attention_mask)`` of shape (B, T)."""
+def left_pad(tokenizer, batch: list[list[int]], device, *, right: bool = False) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """Left-pad (or, ``right=True``, right-pad) token id lists into ``(input_ids, attention_mask)`` (B, T).
+
+    Decoder-only prompts are left padded (generation continues at the right edge); encoder inputs
+    of encoder-decoder models are right padded, as their absolute position embeddings (BART) expect.
+    """
     T = max(len(ids) for ids in batch)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(batch), T), dtype=torch.long)
     for i, ids in enumerate(batch):  # per-row copy at encode time, not in a decoding loop
-        input_ids[i, T - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[i, T - len(ids):] = 1
+        cols = slice(0, len(ids)) if right else slice(T - len(ids), T)
+        input_ids[i, cols] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, cols] = 1
     return input_ids.to(device), attention_mask.to(device)
 
 
@@ -225,7 +230,8 @@ def generate(
         bar = tqdm(total=len(encoded), desc=f"generate[{strat.name}]", unit="prompt")
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start:start + batch_size]
-        input_ids, attention_mask = left_pad(tokenizer, [ids for ids, _ in chunk], device)
+        input_ids, attention_mask = left_pad(tokenizer, [ids for ids, _ in chunk], device,
+                                             right=bool(getattr(model.config, "is_encoder_decoder", False)))
         if seed is not None:
             torch.manual_seed(seed + start)
         t0 = time.perf_counter()
@@ -237,7 +243,9 @@ def generate(
         )
         elapsed = time.perf_counter() - t0
         sequences = out.sequences if hasattr(out, "sequences") else out
-        new = sequences[:, input_ids.shape[1]:].tolist()
+        # encoder-decoder: the decoder's output starts with its start token, not with the prompt
+        first_new = 1 if getattr(model.config, "is_encoder_decoder", False) else input_ids.shape[1]
+        new = sequences[:, first_new:].tolist()
         for (ids, text), row in zip(chunk, new):
             row = trim_at_stop(tokenizer, trim_generated(row, eos), stops)
             results.append(GenerationResult(

@@ -154,6 +154,44 @@ def finish(generation_config, sequences: torch.LongTensor, cache=None, token_str
     return sequences
 
 
+class StepForward:
+    """One model forward per step for decoder-only and encoder-decoder models alike.
+
+    Decoder-only: the (left-padded) prompt is prefilled with its mask and pad-aware positions,
+    then one token per step. Encoder-decoder: ``generate`` has already run the encoder once
+    (``encoder_outputs``) and hands the decoder's start tokens as ``input_ids``; every step feeds
+    the decoder with the encoder states and the encoder's padding mask.
+    """
+
+    def __init__(self, model, input_ids: torch.LongTensor, model_kwargs: dict):
+        self.model = model
+        self.encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.attention_mask = model_kwargs.get("attention_mask")
+        self.position_ids = model_kwargs.get("position_ids")
+        if self.position_ids is None and not self.encoder_decoder:
+            self.position_ids = prefill_positions(input_ids, self.attention_mask)
+        self.encoder_outputs = model_kwargs.get("encoder_outputs")
+        self.extra = forward_kwargs(model_kwargs)
+        self.cache = model_kwargs.get("cache")
+
+    def __call__(self, ids: torch.LongTensor, **kwargs):
+        """Feed ``ids`` (the prompt on the first call, then (B, 1) tokens); returns the model output."""
+        if self.encoder_decoder:
+            out = self.model(decoder_input_ids=ids, encoder_outputs=self.encoder_outputs,
+                             attention_mask=self.attention_mask, cache=self.cache, use_cache=True, **self.extra, **kwargs)
+        else:
+            out = self.model(input_ids=ids, attention_mask=self.attention_mask, position_ids=self.position_ids,
+                             cache=self.cache, use_cache=True, **self.extra, **kwargs)
+        self.cache = out.cache
+        return out
+
+    def advance(self) -> None:
+        """One more attended position (decoder-only; the encoder's mask never changes)."""
+        if not self.encoder_decoder:
+            self.attention_mask = grow_mask(self.attention_mask)
+            self.position_ids = self.position_ids[:, -1:] + 1
+
+
 def token_loop(
     model,
     input_ids: torch.LongTensor,
@@ -167,19 +205,12 @@ def token_loop(
     """One-token-per-step decoding with a KV cache; ``select(scores) -> (B,) tokens`` picks each token.
 
     ``scores`` are the fp32 last-position logits after ``logits_processor``. Greedy and sampling
-    are both this loop with a different ``select``.
+    are both this loop with a different ``select``; encoder-decoder models run their decoder here.
     """
-    attention_mask = model_kwargs.get("attention_mask")
-    position_ids = model_kwargs.get("position_ids")
-    if position_ids is None:
-        position_ids = prefill_positions(input_ids, attention_mask)
-    extra = forward_kwargs(model_kwargs)
+    forward = StepForward(model, input_ids, model_kwargs)
     unfinished = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     stream(token_streamer, input_ids)
-    out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-        cache=model_kwargs.get("cache"), use_cache=True, **extra,
-    )
+    out = forward(input_ids)
     while True:
         scores = logits_processor(input_ids, out.logits[:, -1].float())  # (B, V) fp32
         next_tokens = keep_finished_padded(select(scores), unfinished, generation_config)  # (B,)
@@ -188,10 +219,6 @@ def token_loop(
         unfinished &= ~stopping_criteria(input_ids, scores)
         if not unfinished.any():
             break
-        attention_mask = grow_mask(attention_mask)
-        position_ids = position_ids[:, -1:] + 1
-        out = model(
-            input_ids=next_tokens[:, None], attention_mask=attention_mask, position_ids=position_ids,
-            cache=out.cache, use_cache=True, **extra,
-        )
+        forward.advance()
+        out = forward(next_tokens[:, None])
     return finish(generation_config, input_ids, out.cache, token_streamer)

@@ -181,6 +181,38 @@ class ReplicatePass:
         self.next_position = self.next_position + 1
 
 
+class EncoderDecoderPass:
+    """Encoder-decoder models (transformers 4.x's algorithm): the encoder ran once in ``generate``;
+    each step repeats the decoder's self- and cross-attention cache k times, runs the B·k candidates
+    through the decoder, and keeps the winners' rows. Penalty states: ``decoder_hidden_states[-1]``."""
+
+    def __init__(self, model, cache, model_kwargs: dict):
+        self.model, self.cache = model, cache
+        self.encoder_outputs = model_kwargs["encoder_outputs"]
+        self.attention_mask = model_kwargs.get("attention_mask")  # the encoder's padding mask
+
+    def run(self, decoder_ids, encoder_outputs, attention_mask):
+        out = self.model(decoder_input_ids=decoder_ids, encoder_outputs=encoder_outputs, attention_mask=attention_mask,
+                         cache=self.cache, use_cache=True, output_hidden_states=True)
+        self.cache = out.cache
+        return out.decoder_hidden_states[-1], out.logits[:, -1].float()
+
+    def prefill(self, decoder_ids):
+        return self.run(decoder_ids, self.encoder_outputs, self.attention_mask)
+
+    def forward(self, candidates: torch.LongTensor):
+        B, k = candidates.shape
+        self.k = k
+        self.cache.batch_repeat_interleave(k)
+        enc = self.encoder_outputs.__class__(last_hidden_state=self.encoder_outputs.last_hidden_state.repeat_interleave(k, 0))
+        mask = None if self.attention_mask is None else self.attention_mask.repeat_interleave(k, 0)
+        hidden, logits = self.run(candidates.reshape(B * k, 1), enc, mask)
+        return hidden.view(B, k, -1), logits.view(B, k, -1)
+
+    def keep(self, winner: torch.LongTensor) -> None:
+        self.cache.batch_select_indices(torch.arange(winner.shape[0], device=winner.device) * self.k + winner)
+
+
 def run_model(model, body, head_linear: bool, kwargs: dict):
     """-> (last-layer states (B, q, H), fp32 last-position logits (B, V) or None if the head runs later)."""
     if head_linear:
@@ -254,16 +286,26 @@ def _prefill(model, input_ids, model_kwargs, head_linear: bool):
 
 def _search(model, input_ids, logits_processor, stopping_criteria, generation_config, config, token_streamer,
             model_kwargs):
-    head_linear = head_is_linear(model, model.base_model)
-    body, cache, attention_mask, next_position, hidden, logits = _prefill(model, input_ids, model_kwargs, head_linear)
-    B, T = input_ids.shape  # batch size, prompt length
-    valid = torch.ones(B, T, dtype=torch.bool, device=input_ids.device) if attention_mask is None else attention_mask.bool()
+    B, T = input_ids.shape  # batch size, prompt length (encoder-decoder: the decoder's start tokens)
+    if model.config.is_encoder_decoder:
+        if config.candidate_pass == "tree":
+            raise UsageError("candidate_pass='tree' is not possible for encoder-decoder models; use 'auto' or 'replicate'")
+        cache = model_kwargs.get("cache")
+        candidates_pass = EncoderDecoderPass(model, cache, model_kwargs)
+        hidden, logits = candidates_pass.prefill(input_ids)
+        valid = torch.ones(B, T, dtype=torch.bool, device=input_ids.device)  # decoder inputs are never padded
+    else:
+        head_linear = head_is_linear(model, model.base_model)
+        body, cache, attention_mask, next_position, hidden, logits = _prefill(model, input_ids, model_kwargs,
+                                                                              head_linear)
+        valid = torch.ones(B, T, dtype=torch.bool, device=input_ids.device) if attention_mask is None else \
+            attention_mask.bool()
+        if choose_pass(config.candidate_pass, model, cache, head_linear) == "tree":
+            candidates_pass = TreePass(model, body, cache, attention_mask, next_position)
+        else:
+            candidates_pass = ReplicatePass(model, body, cache, attention_mask, next_position, head_linear)
     context = ContextStates(hidden, valid, getattr(generation_config, "max_length", None) or T + 256)
     del hidden
-    if choose_pass(config.candidate_pass, model, cache, head_linear) == "tree":
-        candidates_pass = TreePass(model, body, cache, attention_mask, next_position)
-    else:
-        candidates_pass = ReplicatePass(model, body, cache, attention_mask, next_position, head_linear)
     head = model.get_output_embeddings()
     rows = torch.arange(B, device=input_ids.device)
     unfinished = torch.ones(B, dtype=torch.bool, device=input_ids.device)
@@ -283,6 +325,7 @@ def _search(model, input_ids, logits_processor, stopping_criteria, generation_co
         if not unfinished.any():
             break
         logits = head(win_hidden).float() if cand_logits is None else cand_logits[rows, winner]  # (B, V)
+    cache = candidates_pass.cache
     if getattr(generation_config, "return_dict_in_generate", False) and cache.is_croppable:
         cache.crop(-1)  # like HF: the last token is fed but not part of the returned cache
     return finish(generation_config, input_ids, cache, token_streamer)
