@@ -49,10 +49,11 @@ DATASETS = {d.name: d for d in (
 
 
 def dataset_for(value) -> DataSet | None:
-    """The :class:`DataSet` whose Hub id (or short name) is ``value``, else None."""
+    """The :class:`DataSet` whose Hub id is ``value``, else None (short names are not matched: an
+    ``--output_dir truthfulqa`` is a folder, not the data set)."""
     if not isinstance(value, str):
         return None
-    return DATASETS.get(value) or next((d for d in DATASETS.values() if d.hub_id == value), None)
+    return next((d for d in DATASETS.values() if d.hub_id == value), None)
 
 
 def resolve_data(value):

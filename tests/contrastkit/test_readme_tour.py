@@ -100,3 +100,4 @@ def test_readme_tour_runs_from_an_empty_directory(tmp_path_factory, tiny_model_d
     assert (work / "out.jsonl").exists() and (work / "runs" / "amateur" / "adapter_config.json").exists()
     assert (work / "runs" / "tqa" / "summary.json").exists() and (work / "runs" / "open" / "summary.json").exists()
     assert (work / "runs" / "dpo_smollm2_hh" / "train_summary.json").exists()
+    assert (work / "eval_compare" / "compare.md").exists()

@@ -330,6 +330,8 @@ def test_hub_data_ids_resolve_to_the_local_copy(tmp_path, monkeypatch):
         build_dataclass(TruthfulQAConfig, {})  # the class default is the Hub id: checked like a given value
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     assert build_dataclass(TruthfulQAConfig, {}).data == "truthfulqa/truthful_qa"  # online: left to the loader
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert build_dataclass(TruthfulQAConfig, {"data": "truthfulqa"}).data == "truthfulqa"  # a short name is a path
 
 
 def test_quiet_by_default_verbose_shows_warnings():
