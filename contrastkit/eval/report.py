@@ -218,7 +218,8 @@ def write_plots(summary: dict, out: Path, specs: list) -> list[str]:
             ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(labels))], labels,
                           rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
             ax.set_xlabel("run")
-            ax.set_ylabel("score" + _direction(summary, names[0]) + ("; bars: 95% CI" if _has_ci(runs, names) else ""))
+            ax.set_ylabel(" / ".join(metric_label(summary, n) for n in names) + _direction(summary, names[0])
+                          + ("; bars: 95% CI" if _has_ci(runs, names) else ""), fontsize=8)
             ax.legend(fontsize=8)
             fname = "_".join(names) + ".png"
         else:
