@@ -4,14 +4,18 @@ Nothing here touches a model: every function maps fp32 tensors to fp32 tensors a
 leading shape (``(B, V)`` for one decoding step, ``(B, T, V)`` for scoring whole sequences); the
 vocabulary is always the last dimension.
 
-References:
-    * CD: Li et al. 2022, "Contrastive Decoding", arXiv 2210.15097, eq. (2)-(4): plausibility
+References (equation numbers are deliberately not cited: nobody on the project re-checked them; the
+rules below were taken from the released code, ../shared/research/decoding.md sections 2.1-2.3):
+    * CD: Li et al. 2022, "Contrastive Decoding", arXiv 2210.15097 section 3 and its code: plausibility
       head ``V_head = {v : p_E(v) >= alpha * max_w p_E(w)}`` and score ``log p_E - log p_A``.
-    * DoLa: Chuang et al. 2023, arXiv 2309.03883, eq. (2)-(4): early exit ``q_j = softmax(W h_j)``,
-      premature layer ``M = argmax_j JSD(q_N || q_j)``, score ``log q_N - log q_M`` on ``V_head``.
-    * ICD: Zhang et al. 2023, arXiv 2312.15710, eq. (3)-(5): the amateur is a hallucination-induced
+    * DoLa: Chuang et al. 2023, arXiv 2309.03883 section 2 and its code / HF ``_dola_decoding``: early
+      exit ``q_j = softmax(W h_j)``, premature layer ``M = argmax_j JSD(q_N || q_j)``, score
+      ``log q_N - log q_M`` on ``V_head``.
+    * ICD: Zhang et al. 2023, arXiv 2312.15710 and its code: the amateur is a hallucination-induced
       fine-tune of the expert; ``log p_E - log p_A`` with the CD plausibility constraint.
-    * LOL: Chen et al. 2024, arXiv 2408.08769 (code not public; reconstruction in docs/lol.md).
+    * LOL: Chen et al. 2024, arXiv 2408.08769 (code not public; only the abstracts were read). Every
+      LOL-specific piece here (weighted sum, early-exit lower layer, refocus term) is a
+      reconstruction; docs/lol.md says which source each piece comes from.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 
 def plausibility_remove_mask(expert_logprobs: torch.Tensor, alpha: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    """CD's adaptive plausibility constraint (arXiv 2210.15097 eq. 4): True where a token is removed.
+    """CD's adaptive plausibility constraint (arXiv 2210.15097 section 3): True where a token is removed.
 
     A token survives iff ``log p_E(v) >= max_w log p_E(w) + log(alpha)``; the ``min_tokens_to_keep``
     most likely tokens always survive (HF's ``_relative_top_filter``). ``alpha = 0`` removes nothing,
@@ -61,7 +65,7 @@ def plausibility_remove_mask(expert_logprobs: torch.Tensor, alpha: float, min_to
 def early_exit_logprobs(
     hidden: torch.Tensor, lm_head: Callable[[torch.Tensor], torch.Tensor], norm: Callable | None = None
 ) -> torch.Tensor:
-    """DoLa early exit (arXiv 2309.03883 eq. 2): ``log_softmax(lm_head(norm(h)))``.
+    """DoLa early exit (arXiv 2309.03883 section 2): ``log_softmax(lm_head(norm(h)))``.
 
     Args:
         hidden: (..., d) residual-stream state at some layer.
