@@ -162,3 +162,14 @@ def test_backend_vllm_under_accelerate_launch_is_refused(tmp_path, tiny_model_di
     monkeypatch.setenv("WORLD_SIZE", "2")
     code = main(["generate", "--model", str(tiny_model_dir), "--backend", "vllm", "--vllm_url", "http://x", "hi"])
     assert code == 2 and "runs in one process" in capsys.readouterr().err
+
+
+def test_vllm_modules_import_nothing_of_vllm():
+    import subprocess
+    import sys
+
+    code = ("import sys, contrastkit.vllm_backend, contrastkit.alignment.vllm_sampler, contrastkit.alignment.sampler; "
+            "bad = [m for m in sys.modules if m == 'vllm' or m.startswith(('vllm.', 'trl.generation'))]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
