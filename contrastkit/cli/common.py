@@ -263,18 +263,19 @@ def check_data(value):
 def build_dataclass(cls: type, values: dict[str, Any], *, where: str = "") -> Any:
     """Instantiate ``cls`` from the non-None entries of ``values`` whose keys are its fields.
 
-    A field whose value (given or default) is a known data set's Hub id goes through :func:`check_data`.
+    A field whose value (given or default) is a known data set's Hub id then goes through
+    :func:`check_data`: the class validates its values first, so a bad parameter is reported
+    before missing data.
     """
     fields = [f for f in dataclasses.fields(cls) if f.init]
     kwargs = {k: v for k, v in values.items() if k in {f.name for f in fields} and v is not None}
-    for f in fields:
-        value = kwargs.get(f.name, f.default)
-        if dataset_for(value) is not None:
-            kwargs[f.name] = check_data(value)
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except TypeError as e:
         raise UsageError(f"{where}{e}") from None
+    data = {f.name: check_data(getattr(obj, f.name)) for f in fields if dataset_for(getattr(obj, f.name, None))}
+    changed = {k: v for k, v in data.items() if v != getattr(obj, k)}
+    return dataclasses.replace(obj, **changed) if changed else obj
 
 
 def shipped_configs() -> dict[str, Path]:

@@ -26,7 +26,8 @@ def test_bad_inputs_exit_2(capsys, tmp_path, tiny_model_dir):
     code, _, err = _run(capsys, ["eval", "truthfulqa", "--preset", "literall", "--output_dir", str(tmp_path),
                                  "--data", str(bad)])
     assert code == 2 and "Did you mean 'literal'" in err
-    code, _, err = _run(capsys, ["eval", "open-ended", "--strategy_args", "{oops", "--output_dir", str(tmp_path)])
+    code, _, err = _run(capsys, ["eval", "open-ended", "--strategy_args", "{oops", "--output_dir", str(tmp_path),
+                                 "--data", str(bad)])  # a local file: the default Hub id fails offline first
     assert code == 2 and "--strategy_args is not valid JSON" in err
     code, _, err = _run(capsys, ["eval", "open-ended", "--max_new_tokens", "0", "--output_dir", str(tmp_path)])
     assert code == 2 and "max_new_tokens must be in [1, inf]" in err
