@@ -76,6 +76,7 @@ class Witness:
 
     def __init__(self, snapshot):
         self.snapshot, self.trainer, self.by_step, self.requests, self.updates = snapshot, None, {}, [], []
+        self.sample_with = None  # optional engine: (held weights, prompt id lists, sampling kwargs) -> rows
 
     def see(self, held: dict, *, n_prompts: int):
         if self.trainer is None:  # CLI-level runs: the trainer lives inside run_training
@@ -130,8 +131,11 @@ def fake_vllm_colocate(monkeypatch):
         def generate(self, prompts, sampling_params=None, use_tqdm=False):
             assert sampling_params.kwargs["n"] == 1 and sampling_params.kwargs["temperature"] == 1.0
             witness.see(self.held, n_prompts=len(prompts))
-            return [SimpleNamespace(prompt_token_ids=p["prompt_token_ids"], outputs=[SimpleNamespace(
-                token_ids=fake_rows(p["prompt_token_ids"]), logprobs=None)]) for p in prompts]
+            ids = [p["prompt_token_ids"] for p in prompts]
+            rows = (witness.sample_with(self.held, ids, sampling_params.kwargs) if witness.sample_with
+                    else [fake_rows(p) for p in ids])
+            return [SimpleNamespace(prompt_token_ids=p, outputs=[SimpleNamespace(token_ids=r, logprobs=None)])
+                    for p, r in zip(ids, rows)]
 
     class FakeSamplingParams:
         def __init__(self, **kwargs):
@@ -158,6 +162,41 @@ def test_colocate_each_request_sees_its_steps_weights(tmp_path, fake_vllm_coloca
     assert summary["name"] == "vllm-colocate" and summary["off_policy"] is False
     logged = [h["hypo/weights_staleness"] for h in trainer.state.log_history if "hypo/weights_staleness" in h]
     assert logged == [float(s % sync_every) for s in range(4)]
+
+
+def test_colocate_on_policy_trains_exactly_like_hf_sampling(tmp_path, fake_vllm_colocate):
+    """End to end: an engine that samples with the weights it was pushed (plain Llama, merged LoRA, HF's
+    ancestral sampling on the same left-padded batch and RNG) makes HyPO train as the HF sampler does."""
+    from transformers import LlamaForCausalLM
+
+    from contrastkit.testing import tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    engine: LlamaForCausalLM = tiny_llama(seed=123)  # its own random weights, replaced by every push
+
+    def sample_with(held, prompts, kw):
+        engine.load_state_dict(held, strict=True)
+        width = max(map(len, prompts))
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        with torch.no_grad():
+            out = engine.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=kw["top_p"],
+                                  temperature=kw["temperature"], max_new_tokens=kw["max_tokens"],
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        rows = out[:, width:].tolist()
+        return [r[: r.index(tok.eos_token_id) + 1] if tok.eos_token_id in r else r for r in rows]
+
+    fake_vllm_colocate.sample_with = sample_with
+    ref = make_trainer(tmp_path / "hf", "hf", steps=3)
+    ref.train()
+    trainer = make_trainer(tmp_path / "vllm", "vllm-colocate", steps=3, hypo_sync_every=1)
+    fake_vllm_colocate.trainer = trainer
+    trainer.train()
+    keys = ("loss", "hypo/kl", "hypo/gen_len", "hypo/surrogate")
+    a = [[h[k] for k in keys] for h in ref.state.log_history if "loss" in h]
+    b = [[h[k] for k in keys] for h in trainer.state.log_history if "loss" in h]
+    assert len(a) == 3 and torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5), (a, b)
+    assert len({round(r[1], 6) for r in a}) > 1  # the KL moved: the samples mattered
 
 
 def test_colocate_eval_kl_samples_on_current_weights(tmp_path, fake_vllm_colocate):
