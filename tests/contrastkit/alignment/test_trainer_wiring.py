@@ -175,7 +175,8 @@ def test_hypo_step_loss_and_gradient_equal_dpo_plus_lambda_surrogate_by_hand(tmp
     tok, model = trainer.processing_class, trainer.model
     eos, pad = tok.eos_token_id, tok.pad_token_id
     perturb_lora(model)
-    samples = [[40, 41, eos, pad, pad], [50, 51, 52, 53, 54]]  # per prompt: ends in EOS before the cap; does not
+    # per prompt: one ends in EOS before the cap (after a generated pad id, an ordinary token there), one does not
+    samples = [[40, pad, 41, eos, pad], [50, 51, 52, 53, 54]]
     model.generate = FixedGenerate(samples)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in (0, 1)])  # prompts of 3 and 5 words
     model.train()
@@ -194,7 +195,7 @@ def test_hypo_step_loss_and_gradient_equal_dpo_plus_lambda_surrogate_by_hand(tmp
     metrics = trainer._metrics["train"]
     assert metrics["hypo/dpo_loss"][-1] == pytest.approx(dpo.item(), abs=1e-5)
     assert metrics["hypo/kl_loss"][-1] == pytest.approx(lam * surrogate.item(), rel=1e-5)
-    assert metrics["hypo/gen_len"][-1] == pytest.approx((3 + 5) / 2)  # EOS counts, pads after it do not
+    assert metrics["hypo/gen_len"][-1] == pytest.approx((4 + 5) / 2)  # EOS counts, pads after it do not
     assert metrics["hypo/eos_rate"][-1] == pytest.approx(0.5)
     gen = model.generate.configs[-1]
     assert (gen.do_sample, gen.temperature, gen.top_p, gen.top_k, gen.max_new_tokens) == (True, 1.0, 0.95, 0, 5)
