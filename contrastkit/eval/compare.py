@@ -42,12 +42,17 @@ def collect(dirs: list[str | Path]) -> tuple[dict, dict[str, dict]]:
     if len(tasks) > 1:
         raise UsageError(f"runs of different tasks cannot be compared: {sorted(map(str, tasks))}")
     first = loaded[0][1]
+    from contrastkit.eval.runner import git_commit, versions
+
     merged = {"task": f"compare {first.get('task')}", "model": "", "strategies": {}, "warnings": [],
+              "versions": versions(), "git_commit": git_commit(),
               "item_metrics": [], "metric_labels": {}, "metric_help": {}, "higher_is_better": {}, "metric_scale": {},
               "sources": [str(p) for p in paths]}
-    for _, s in loaded:
+    for p, s in loaded:
         for key in ("metric_labels", "metric_help", "higher_is_better", "metric_scale"):
             merged[key].update(s.get(key, {}))
+        prefix = f"{p.name or p}: " if len(paths) > 1 else ""
+        merged["warnings"] += [prefix + w for w in s.get("warnings", []) if prefix + w not in merged["warnings"]]
         merged["item_metrics"] += [m for m in s.get("item_metrics", []) if m not in merged["item_metrics"]]
     shas = {json.dumps((s.get("dataset") or {}).get("sha256")) for _, s in loaded}
     if len(shas) > 1:
@@ -58,8 +63,12 @@ def collect(dirs: list[str | Path]) -> tuple[dict, dict[str, dict]]:
         for label, run in s.get("strategies", {}).items():
             name = f"{p.name or p}/{label}" if len(paths) > 1 else label
             records = load_records(p / "records" / f"{label}.jsonl")
-            entry = {k: run.get(k) for k in ("name", "params", "model", "metrics", "n_items", "items_per_s")}
+            entry = {k: run.get(k) for k in ("name", "params", "model", "items_per_s")}
+            # per-item metrics from every record of the run (mean, stderr and CI over the same items);
+            # corpus-level metrics (e.g. MAUVE) as the run's own report computed them
             entry["stats"] = item_statistics(list(records.values()), merged["item_metrics"])
+            entry["metrics"] = {**(run.get("metrics") or {}), **{m: st["mean"] for m, st in entry["stats"].items()}}
+            entry["n_items"] = len(records) if entry["stats"] else run.get("n_items")
             entry["source"] = str(p)
             merged["strategies"][name] = entry
             per_item[name] = {(rid, rec.get("item_key")): rec for rid, rec in records.items()}

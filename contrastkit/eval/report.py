@@ -111,8 +111,11 @@ def _settings(summary: dict) -> list[str]:
     if ds:
         lines.append(f"- dataset: `{ds.get('file')}`, revision `{ds.get('revision')}`, {ds.get('n_questions')} "
                      f"questions, sha256 `{str(ds.get('sha256'))[:12]}`")
-    lines.append(f"- items: {summary.get('n_items')}, seed: {summary.get('seed')}, contrastkit "
+    seed = f", seed: {summary['seed']}" if summary.get("seed") is not None else ""
+    lines.append(f"- items: {summary.get('n_items')}{seed}, contrastkit "
                  f"{summary.get('versions', {}).get('contrastkit', '?')} (commit {str(summary.get('git_commit'))[:10]})")
+    if summary.get("sources"):
+        lines.append(f"- runs from: {', '.join(f'`{x}`' for x in summary['sources'])} (every record of each run)")
     return lines
 
 

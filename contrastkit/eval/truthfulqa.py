@@ -205,6 +205,10 @@ KNOWN_FILES = {
         ("d71c110 mc_task.json (Jan 2025)", "790 questions; answer strings without the final '.'"),
     "b8d8ef1e12f98b4f2a9f47abc9765da0640b182b6c5d9b92f0c1a1f2f1e02e5c":
         ("d71c110 TruthfulQA.csv (Jan 2025)", "790 questions"),
+    # hash of the *items* (Hub ids have no file): the items of 013686a mc_task.json, which the HF dataset was
+    # built from; not checked against the Hub here (offline), a mismatch only shows up as an unknown revision
+    "66232efcd67a76fc86a505348baa870474e732ef359829ad50ea2f1d81caa8e3":
+        ("013686a items (Hub truthful_qa)", "817 questions; the HF truthful_qa multiple_choice items"),
 }
 PUBLISHED_N = 817
 
