@@ -171,3 +171,36 @@ def test_tiny_vit_runs_the_protocol():
                          test_inputs=tx, test_labels=ty, protocol=p, coact=CoACTConfig(), seed=0)
         assert [r["seen_classes"] for r in res] == [2, 4, 6] and [r["n_test"] for r in res] == [4, 8, 12]
         assert res[-1]["acc"] > 1 / 6  # colours are separable: far above chance
+
+
+def test_runner_wiring_per_method_and_session(text_data, monkeypatch):
+    """What each method hands the trainer per session: lr, epochs, trainable groups, session-0 model, teacher."""
+    from contrastkit.alignment import coact_trainer
+
+    calls = []
+
+    def spy(self, *a, **k):
+        m = self.model
+        groups = {"lora": any(p.requires_grad for p in m.lora_parameters()),
+                  "classifier": m.classifier.weight.requires_grad}
+        calls.append((self.args.learning_rate, self.args.num_train_epochs, groups, self.base_model is not None,
+                      m.teacher is not None, self.coact.consistency))
+
+    monkeypatch.setattr(coact_trainer.CoACTTrainer, "train", spy)
+    both = {"lora": True, "classifier": True}
+    _run("coact", text_data)
+    assert calls == [(0.1, 1, both, False, True, True)] + [(pytest.approx(0.01), 1, both, True, True, True)] * 2
+    calls.clear()
+    _run("coact", text_data, cfg=CoACTConfig(incft_layers="classifier", inc_lr_factor=0.5))
+    assert [c[2] for c in calls[1:]] == [{"lora": False, "classifier": True}] * 2 and calls[1][0] == 0.05
+    calls.clear()
+    _run("finetune", text_data)
+    assert calls == [(0.1, 1, both, False, False, False)] * 3
+    calls.clear()
+    _run("coact-no-consistency", text_data)
+    assert [c[3:] for c in calls] == [(False, True, False)] + [(True, True, False)] * 2
+    calls.clear()
+    _run("prototype", text_data)
+    assert calls == []
+    _run("coact", text_data, dataclasses.replace(P, inc_epochs=0, base_epochs=2))
+    assert len(calls) == 1 and calls[0][1] == 2
