@@ -115,3 +115,16 @@ def test_truthfulqa_mc_interrupted_equals_uninterrupted(tiny_llama, tiny_tok, sh
     assert [r["id"] for r in recs] == [0, 1, 2] and all(0 <= r["mc2"] <= 1 for r in recs)
     assert json.loads((tmp_path / "a/summary.json").read_text())["task_config"]["preset"] == "zero-shot"
     assert (tmp_path / "a/mc1_mc2_mc3.png").is_file()
+
+
+def test_run_labels():
+    specs = parse_strategies("greedy,sample", {"sample": {"top_p": 0.9}})
+    assert specs[0].label == "greedy" and specs[1].label.startswith("sample-") and len(specs[1].label) == 13
+    other = parse_strategies("sample", {"sample": {"top_p": 0.8}})[0].label
+    assert other != specs[1].label  # two settings of one strategy get two record files
+    assert parse_strategies("sample", {"sample": {"top_p": 0.9}})[0].label == specs[1].label  # stable
+    assert [s.label for s in parse_strategies("greedy,sample", labels="base,hot")] == ["base", "hot"]
+    with pytest.raises(UsageError, match="one distinct, non-empty label per strategy"):
+        parse_strategies("greedy,sample", labels="base")
+    with pytest.raises(UsageError, match="plain file name"):
+        parse_strategies("greedy", labels="../x")
