@@ -157,6 +157,58 @@ _NOISE = [  # (category, message regex) of third-party warnings a user cannot ac
 ]
 
 
+def _quiet_faiss_kmeans(faiss) -> None:
+    """Make ``faiss.Kmeans`` default to ``min_points_per_centroid=1``.
+
+    faiss prints "please provide at least M training points" from C++ (Python's filters cannot hide
+    it) whenever N < K x that parameter, which gates nothing else: the centroids are the same.
+    """
+    base = getattr(faiss, "Kmeans", None)
+    if base is None or getattr(base, "_contrastkit_quiet", False):
+        return
+
+    class Kmeans(base):
+        _contrastkit_quiet = True
+
+        def __init__(self, d, k, **kwargs):
+            kwargs.setdefault("min_points_per_centroid", 1)
+            super().__init__(d, k, **kwargs)
+
+    faiss.Kmeans = Kmeans
+
+
+class _AfterImport:
+    """A ``sys.meta_path`` finder that runs ``hook(module)`` right after ``name`` is first imported."""
+
+    def __init__(self, name: str, hook):
+        self.name, self.hook = name, hook
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run, hook = spec.loader.exec_module, self.hook
+
+        def exec_module(module):
+            run(module)
+            hook(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _quiet_faiss() -> None:
+    if "faiss" in sys.modules:
+        _quiet_faiss_kmeans(sys.modules["faiss"])
+    elif not any(isinstance(f, _AfterImport) and f.name == "faiss" for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport("faiss", _quiet_faiss_kmeans))
+
+
 def quiet_third_party(verbose: bool = False, *, transformers: bool = False) -> None:
     """Hide third-party noise unless verbose: FutureWarnings, pin_memory / faiss warnings, transformers logs.
 
@@ -172,6 +224,7 @@ def quiet_third_party(verbose: bool = False, *, transformers: bool = False) -> N
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("transformers", "accelerate", "datasets", "peft", "trl", "huggingface_hub", "faiss"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet_faiss()
     if transformers or "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 

@@ -353,3 +353,26 @@ def test_quiet_by_default_verbose_shows_warnings():
         quiet_third_party(verbose=True)
         warnings.warn("old api", FutureWarning)
     assert len(seen) == 1
+
+
+def test_faiss_training_points_warning_hidden_with_identical_centroids(tmp_path):
+    """faiss prints its warning from C++; quieting (installed before faiss is imported, as `contrastkit` does)
+    only lowers min_points_per_centroid, so the centroids equal stock faiss's."""
+    pytest.importorskip("faiss")
+    code = (
+        "import sys, numpy as np\n"
+        "from contrastkit.cli.common import quiet_third_party\n"
+        "quiet_third_party(False)\n"
+        "import faiss\n"
+        "x = np.random.RandomState(0).randn(100, 8).astype('float32')\n"
+        "q = faiss.Kmeans(8, 5, niter=10, seed=3); q.train(x)\n"
+        "sys.stderr.write('MARK\\n'); sys.stderr.flush()\n"
+        "b = faiss.Kmeans.__mro__[1](8, 5, niter=10, seed=3); b.train(x)\n"
+        "print(bool(faiss.Kmeans._contrastkit_quiet), np.array_equal(q.centroids, b.centroids))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "True"]
+    before, after = res.stderr.split("MARK", 1)
+    assert "training points" not in before and "training points" in after  # stock faiss still warns
