@@ -125,11 +125,12 @@ def test_dola_equals_reference(pairs, tiny_tok, arch, seed):
 
 
 def test_dola_default_repetition_penalty_and_final_norm_equal_reference(pairs, tiny_tok):
-    expert, _ = pairs["llama", 0]
+    expert, _ = pairs["llama", 1]
     got = fast(expert, tiny_tok, "dola", PROMPTS[:2], lower_layer="1,2", final_norm=True)  # preset rp = 1.2
     for p, g in zip(PROMPTS[:2], got):
-        assert g == reference(expert, None, tiny_tok(p)["input_ids"], layers=[1, 2], norm=True, rep=1.2,
-                              eos=tiny_tok.eos_token_id)[0]
+        kw = dict(layers=[1, 2], norm=True, eos=tiny_tok.eos_token_id)
+        assert g == reference(expert, None, tiny_tok(p)["input_ids"], rep=1.2, **kw)[0]
+        assert g != reference(expert, None, tiny_tok(p)["input_ids"], rep=1.0, **kw)[0]  # the default matters
 
 
 LOL_CASES = {

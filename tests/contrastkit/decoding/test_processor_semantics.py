@@ -193,3 +193,7 @@ def test_stop_strings_end_each_row(models, tiny_tok, name):
     assert got[1].to_dict()["stop"] == [stop_text]
     for g, f in zip(got, free):  # every row is a prefix of its free run, cut at a stop or EOS
         assert g.token_ids == f.token_ids[:len(g.token_ids)]
+    counter = Counter()  # alone, the row really stops generating there (not just trimmed afterwards)
+    alone = contrastkit.generate(E, tiny_tok, PROMPTS[1], name, max_new_tokens=12, min_new_tokens=12, stop=stop_text,
+                                 logits_processor=LogitsProcessorList([counter]), **params)[0]
+    assert alone.token_ids == r1.token_ids and counter.calls == len(r1.token_ids)
