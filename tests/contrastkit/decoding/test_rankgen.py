@@ -227,3 +227,37 @@ def test_rankgen_on_embedded_smollm2(smollm2):
     res = contrastkit.generate(model, tok, ["The history of the city begins"], "rankgen", max_new_tokens=8,
                                ranker=ranker, beam_size=2, num_samples=2, rerank_every=4, seed=0)
     assert res[0].new_tokens == 8 and res[0].text.strip()
+
+
+class ShortestRanker(LengthThenTextRanker):
+    def score(self, prefixes, continuations):
+        self.calls.append((list(prefixes), list(continuations)))
+        return torch.tensor([-float(len(c)) for c in continuations])
+
+
+class EosFirstRowFirstStep(LogitsProcessor):
+    """Row 0 ends at once (EOS at the first step); every other row samples freely."""
+
+    def __init__(self, eos):
+        self.eos, self.calls = eos, 0
+
+    def __call__(self, input_ids, scores):
+        self.calls += 1
+        if self.calls == 1:
+            scores = scores.clone()
+            scores[0] = float("-inf")
+            scores[0, self.eos] = 0.0
+        return scores
+
+
+def test_a_finished_beam_takes_one_slot_not_all(tiny_llama, tiny_tok):
+    """The empty finished beam is the best candidate every round; the second slot must stay a live beam."""
+    ranker = ShortestRanker()
+    run(tiny_llama, tiny_tok, PROMPTS[:1], 6, [EosFirstRowFirstStep(tiny_tok.eos_token_id)], ranker=ranker,
+        beam_size=2, num_samples=2, rerank_every=2, top_p=0.9, seed=0)
+    assert len(ranker.calls) == 3
+    first = ranker.calls[0][1]
+    assert first[0] == "" and all(c for c in first[1:])  # row 0 finished at once
+    for _, cands in ranker.calls[1:]:
+        assert cands[:2] == ["", ""]  # the finished beam's two copies
+        assert all(c for c in cands[2:])  # the other slot is a live beam, not another copy
