@@ -113,6 +113,7 @@ def summarize_split(model, tok, items, args, chosen, log) -> dict:
             "lol": ("lol", dict(amateur=args.amateur, lower_layer=str(chosen["lower_layer"]),
                                 final_norm=chosen["final_norm"], lower_weight=chosen["lower_weight"],
                                 refocus_weight=chosen["refocus_weight"]))}
+    runs = {k: v for k, v in runs.items() if k in args.methods}
     per = {}
     for name, (strategy, params) in runs.items():
         t0 = time.perf_counter()
@@ -121,9 +122,11 @@ def summarize_split(model, tok, items, args, chosen, log) -> dict:
     table = {name: {m: summarize([r[m] for r in recs]) for m in ("mc1", "mc2", "mc3")} for name, recs in per.items()}
     pairs = {}
     for a, b in (("icd", "greedy"), ("lol", "icd"), ("lol", "dola"), ("dola", "greedy")):
+        if a not in per or b not in per:
+            continue
         pairs[f"{a} - {b}"] = {m: paired_bootstrap([r[m] for r in per[a]], [r[m] for r in per[b]])
                                for m in ("mc1", "mc2", "mc3")}
-    return {"table": table, "paired": pairs, "params": {k: v[1] for k, v in runs.items()}}
+    return {"table": table, "paired": pairs, "params": {k: v[1] for k, v in runs.items()}, "per_question": per}
 
 
 def main(argv=None) -> int:
@@ -138,6 +141,10 @@ def main(argv=None) -> int:
     p.add_argument("--lambdas", type=floats, default=floats("0,0.25,0.5,1"))
     p.add_argument("--gammas", type=floats, default=floats("0,0.25,0.5,1"))
     p.add_argument("--select_from", default=None, help="JSON of an earlier selection run (its 'selected')")
+    p.add_argument("--lol", default=None, help="test lol with these settings instead of a selection: "
+                   "LAYER,FINAL_NORM,LAMBDA,GAMMA (e.g. the shipped defaults 15,false,0.5,0.5)")
+    p.add_argument("--methods", type=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                   default=["greedy", "icd", "dola", "lol"], help="test-phase methods (subset of greedy,icd,dola,lol)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
@@ -177,6 +184,10 @@ def main(argv=None) -> int:
         print(f"(lambda = gamma = 0, i.e. icd: MC1 {icd0['mc1']:.3f} MC2 {icd0['mc2']:.3f} MC3 {icd0['mc3']:.3f})")
     elif args.select_from:
         chosen = json.loads(Path(args.select_from).read_text())["selected"]
+    if args.lol:
+        j, norm, lam, gam = args.lol.split(",")
+        chosen = {"lower_layer": int(j), "final_norm": norm.strip().lower() == "true", "lower_weight": float(lam),
+                  "refocus_weight": float(gam)}
     if args.test_n:
         if chosen is None:
             raise SystemExit("the test phase needs a selection: --dev_n > 0 or --select_from")

@@ -188,3 +188,29 @@ def fused_contrast_scores(
         scores = scores + refocus_weight * (refocus - expert)
     remove = plausibility_remove_mask(expert, alpha, min_tokens_to_keep)
     return scores.masked_fill(remove, NEG_INF)
+
+
+# Off the plausibility head, a token's score is set this far below the head's lowest score (plus the
+# expert's log-prob, so the order there is the expert's): every token then has a finite score and
+# the user's processors run once per step on one tensor. The head always outranks the rest.
+OFF_HEAD_GAP = 1e4
+
+
+def fill_off_head(fused: torch.Tensor, expert: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V) fused scores with -inf off the head -> (finite scores, (B, V) bool head mask)."""
+    head = torch.isfinite(fused)
+    floor = torch.where(head, fused, torch.inf).amin(-1, keepdim=True)  # (B, 1): the head is never empty
+    off = floor - OFF_HEAD_GAP + (expert - expert.amax(-1, keepdim=True))
+    return torch.where(head, fused, off), head
+
+
+def select_tokens(scores: torch.Tensor, head: torch.Tensor, sampling: bool, temperature: float,
+                  generator) -> torch.LongTensor:
+    """Argmax (or sample) of the processed scores on the head; a row whose processors removed every head
+    token picks among the rest (ordered by the expert's log-prob, as processed)."""
+    alive = (head & torch.isfinite(scores)).any(dim=-1, keepdim=True)  # (B, 1)
+    scores = scores.masked_fill(alive & ~head, float("-inf"))
+    if not sampling:
+        return scores.argmax(-1)
+    probs = torch.softmax(scores / temperature, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)

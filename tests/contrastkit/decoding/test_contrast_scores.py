@@ -6,13 +6,16 @@ import pytest
 import torch
 
 from contrastkit.decoding.contrast_scores import (
+    OFF_HEAD_GAP,
     early_exit_logprobs,
+    fill_off_head,
     first_near_max,
     fused_contrast_scores,
     js_divergence,
     logprobs,
     plausibility_remove_mask,
     select_premature,
+    select_tokens,
 )
 
 
@@ -141,3 +144,22 @@ def test_early_exit_and_temperature():
     assert torch.allclose(early_exit_logprobs(h, head, norm), torch.log_softmax(head(norm(h)), -1))
     logits = torch.randn(2, 30)
     assert torch.allclose(logprobs(logits, 0.5), torch.log_softmax(logits * 2, -1))
+
+
+def test_off_head_fill_and_selection_hand_worked():
+    """Head tokens 0 and 2 (fused 2 and 1); off-head tokens 1 and 3 ordered by the expert (p .3 > .05)."""
+    inf = float("inf")
+    fused = torch.tensor([[2.0, -inf, 1.0, -inf]])
+    E = lp(0.5, 0.3, 0.15, 0.05)[None]
+    filled, head = fill_off_head(fused, E)
+    assert head.tolist() == [[True, False, True, False]]
+    expect_off = [1 - OFF_HEAD_GAP + math.log(0.3 / 0.5), 1 - OFF_HEAD_GAP + math.log(0.05 / 0.5)]
+    assert torch.allclose(filled[0, [1, 3]], torch.tensor(expect_off))
+    assert filled[0, 0] == 2.0 and filled[0, 2] == 1.0
+    assert select_tokens(filled, head, False, 1.0, None).tolist() == [0]
+    banned = filled.clone()
+    banned[0, [0, 2]] = -inf  # a processor removed every head token: the expert's next choice (1), not 0 or 3
+    assert select_tokens(banned, head, False, 1.0, None).tolist() == [1]
+    g = torch.Generator().manual_seed(0)
+    draws = {select_tokens(filled, head, True, 5.0, g).item() for _ in range(200)}
+    assert draws == {0, 2}  # sampling never leaves the head while the head is alive
