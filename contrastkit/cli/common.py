@@ -169,8 +169,7 @@ def _quiet_faiss_kmeans(faiss) -> None:
 
     class Kmeans(base):
         _contrastkit_quiet = True
-
-        def __init__(self, d, k, **kwargs):
+        def __init__(self, d, k, **kwargs):  # noqa: E301
             kwargs.setdefault("min_points_per_centroid", 1)
             super().__init__(d, k, **kwargs)
 
@@ -193,8 +192,7 @@ class _AfterImport:
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         run, hook = spec.loader.exec_module, self.hook
-
-        def exec_module(module):
+        def exec_module(module):  # noqa: E306
             run(module)
             hook(module)
 
@@ -202,7 +200,7 @@ class _AfterImport:
         return spec
 
 
-def _quiet_faiss() -> None:
+def _quiet_faiss() -> None:  # now if faiss is imported, else right after its first import
     if "faiss" in sys.modules:
         _quiet_faiss_kmeans(sys.modules["faiss"])
     elif not any(isinstance(f, _AfterImport) and f.name == "faiss" for f in sys.meta_path):
@@ -222,6 +220,9 @@ def quiet_third_party(verbose: bool = False, *, transformers: bool = False) -> N
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # trl's per-row map() bars, not training progress
+    if "datasets" in sys.modules:  # imported already: the env var is read at import
+        sys.modules["datasets"].disable_progress_bars()
     for name in ("transformers", "accelerate", "datasets", "peft", "trl", "huggingface_hub", "faiss"):
         logging.getLogger(name).setLevel(logging.ERROR)
     _quiet_faiss()

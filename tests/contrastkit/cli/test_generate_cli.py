@@ -337,8 +337,11 @@ def test_hub_data_ids_resolve_to_the_local_copy(tmp_path, monkeypatch):
 def test_quiet_by_default_verbose_shows_warnings():
     import warnings
 
+    import datasets  # imported before quieting, as in a process that already loaded it
+
     from contrastkit.cli.common import quiet_third_party
 
+    datasets.enable_progress_bars()
     with warnings.catch_warnings(record=True) as seen:
         warnings.resetwarnings()
         warnings.simplefilter("always")
@@ -347,6 +350,10 @@ def test_quiet_by_default_verbose_shows_warnings():
         warnings.warn("'pin_memory' argument is set as true but no accelerator is found", UserWarning)
         warnings.warn("a real problem", UserWarning)
     assert [str(w.message) for w in seen] == ["a real problem"]
+    import datasets
+
+    assert not datasets.is_progress_bar_enabled()  # trl's per-row map() bars
+    datasets.enable_progress_bars()
     with warnings.catch_warnings(record=True) as seen:
         warnings.resetwarnings()
         warnings.simplefilter("always")
