@@ -261,3 +261,16 @@ def test_a_finished_beam_takes_one_slot_not_all(tiny_llama, tiny_tok):
     for _, cands in ranker.calls[1:]:
         assert cands[:2] == ["", ""]  # the finished beam's two copies
         assert all(c for c in cands[2:])  # the other slot is a live beam, not another copy
+
+
+def test_pipeline_runs_rankgen(tiny_llama, tiny_tok):
+    from transformers import pipeline
+
+    from contrastkit.decoding.rankgen import rankgen
+
+    pipe = pipeline("text-generation", model=tiny_llama, tokenizer=tiny_tok)
+    out = pipe(PROMPTS[0], custom_generate=rankgen, ranker=ConstantRanker(), lm_tokenizer=tiny_tok, beam_size=2,
+               num_samples=2, rerank_every=2, seed=0, max_new_tokens=4, do_sample=False, return_full_text=False)
+    want = tiny_tok.decode(run(tiny_llama, tiny_tok, PROMPTS[:1], 4, ranker=ConstantRanker(), beam_size=2,
+                               num_samples=2, rerank_every=2, top_p=0.9, seed=0)[0], skip_special_tokens=True)
+    assert out[0]["generated_text"] == want
