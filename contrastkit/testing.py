@@ -93,3 +93,72 @@ def save_tiny(path: str | Path, model=None, tokenizer=None) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def openai_completions_standin(model, tokenizer):
+    """A stand-in for a vLLM OpenAI-compatible server on 127.0.0.1 that serves ``model`` itself.
+
+    It follows vLLM's request semantics: token-id prompts, ``temperature=0`` is greedy,
+    ``use_beam_search`` with width ``n`` returns beams best first, ``seed`` per request (sampling
+    draws 8 fixed tokens from the seed, so reproducibility is checkable), ``min_tokens``; choices
+    come back out of order on purpose. Stop strings are left to the client, as the tests check the
+    client's trimming. Returns ``(server, url, requests)``: call ``server.shutdown()`` and
+    ``server.server_close()`` when done; ``requests`` collects every completion request body.
+    """
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import torch
+
+    requests: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, obj):
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            assert self.path == "/v1/models"
+            self._send({"object": "list", "data": [{"id": "tiny-served"}]})
+
+        def do_POST(self):
+            assert self.path == "/v1/completions"
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append(body)
+            choices = []
+            for i, prompt in enumerate(body["prompt"]):
+                assert isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)  # token-id prompts
+                for j, ids in enumerate(_run(prompt, body)):
+                    choices.append({"index": i * body["n"] + j, "token_ids": ids, "finish_reason": "stop",
+                                    "text": tokenizer.decode(ids, skip_special_tokens=True)})
+            self._send({"choices": choices[::-1]})  # out of order on purpose
+
+    def _run(prompt, body):
+        ids = torch.tensor([prompt])
+        kw = dict(max_new_tokens=body["max_tokens"], min_new_tokens=body["min_tokens"] or None,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                  repetition_penalty=body["repetition_penalty"])
+        with torch.no_grad():
+            if body.get("use_beam_search"):  # vLLM's BeamSearchParams: width, length penalty, nothing else
+                kw.update(min_new_tokens=None, repetition_penalty=1.0)
+                out = model.generate(ids, num_beams=body["n"], num_return_sequences=body["n"], do_sample=False,
+                                     length_penalty=body["length_penalty"], **kw)
+            elif body["temperature"] == 0:
+                out = model.generate(ids, do_sample=False, **kw)
+            else:
+                g = torch.Generator().manual_seed(body["seed"])
+                nxt = torch.multinomial(torch.ones(8), body["max_tokens"], replacement=True, generator=g) + 10
+                return [nxt.tolist()]
+        return [row[len(prompt):].tolist() for row in out]
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}", requests

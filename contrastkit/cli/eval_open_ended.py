@@ -48,6 +48,12 @@ def add_run_arguments(p: ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's); 1 is much faster on an oversubscribed CPU")
+    p.add_argument("--backend", default="hf", help=(
+        "hf (generate here) or vllm (generation tasks send greedy/sample/beam to --vllm_url; --model still gives "
+        "the tokenizer and, for open-ended, the coherence scorer, so it should be the model the server serves)"))
+    p.add_argument("--vllm_url", default=None, help="vLLM OpenAI-compatible server URL (--backend vllm)")
+    p.add_argument("--vllm_model", default=None,
+                   help="model name on the vLLM server (--backend vllm; default: the first one it lists)")
 
 
 def parse_strategy_args(text) -> dict:
@@ -64,6 +70,40 @@ def parse_strategy_args(text) -> dict:
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise UsageError('--strategy_args must map strategy names to parameter objects, e.g. {"sample": {"top_p": 0.9}}')
     return value
+
+
+def generation_backend(args, specs):
+    """``None`` for ``--backend hf``; for ``--backend vllm`` a :class:`contrastkit.vllm_backend.VLLMBackend`,
+    after checking that every strategy can run there and that the server answers."""
+    from contrastkit.errors import UsageError, did_you_mean
+
+    backend = getattr(args, "backend", None) or "hf"
+    if backend == "hf":
+        return None
+    if backend != "vllm":
+        raise UsageError(f"unknown --backend '{backend}'.{did_you_mean(backend, ['hf', 'vllm'])} Known: hf, vllm")
+    if not args.vllm_url:
+        raise UsageError("--backend vllm needs --vllm_url (the server's base URL, e.g. http://127.0.0.1:8000)")
+    from contrastkit.vllm_backend import VLLMBackend, check_vllm_strategy
+
+    for spec in specs:
+        check_vllm_strategy(spec.name)
+    vllm = VLLMBackend(args.vllm_url, args.vllm_model)
+    vllm.model()  # fail now, before any model loads, if the server does not answer
+    return vllm
+
+
+def run_model_identity(model, backend) -> dict | None:
+    """The cache's model identity: the local weights, plus the served model when generation runs on vLLM.
+
+    ``None`` means "the runner's default" (the local weights only). The served weights cannot be hashed
+    from here, so a vLLM run is keyed by the served model's name; the server's URL is not part of it.
+    """
+    if backend is None:
+        return None
+    from contrastkit.models import weights_identity
+
+    return {**weights_identity(model), "backend": "vllm", "served_model": backend.model()}
 
 
 def load_run_model(args):
@@ -105,10 +145,13 @@ def run(argv: list[str]) -> int:
 
             raise UsageError("MAUVE needs the optional 'mauve-text' package: pip install 'contrastkit[mauve]' "
                              "(or pass --mauve false)")
+    backend = generation_backend(args, specs)
     model, tok = load_run_model(args)
     task = OpenEnded(model, tok, cfg, seed=args.seed or 0)
+    task.backend = backend
     summary = run_evaluation(task, specs, args.output_dir, chunk_size=args.chunk_size or 8, seed=args.seed or 0,
-                             overwrite=bool(args.overwrite), model_name=args.model, progress=not args.quiet)
+                             overwrite=bool(args.overwrite), model_name=args.model, progress=not args.quiet,
+                             model_ident=run_model_identity(model, backend))
     print((Path(args.output_dir) / "results.md").read_text())
     print(f"wrote {args.output_dir}/summary.json, results.md, {', '.join(summary.get('plots', []))}",
           file=sys.stderr)

@@ -24,7 +24,13 @@ from contrastkit.cli.common import (
     parse_with_config,
     run_command,
 )
-from contrastkit.cli.eval_open_ended import add_run_arguments, load_run_model, parse_strategy_args
+from contrastkit.cli.eval_open_ended import (
+    add_run_arguments,
+    generation_backend,
+    load_run_model,
+    parse_strategy_args,
+    run_model_identity,
+)
 
 PROG = "contrastkit eval truthfulqa"
 MODES = {"mc": "contrastkit.eval.truthfulqa_tasks:TruthfulQAMC", "gen": "contrastkit.eval.truthfulqa_tasks:TruthfulQAGen"}
@@ -55,13 +61,19 @@ def run(argv: list[str]) -> int:
     cfg = build_dataclass(TruthfulQAConfig, vars(args))
     specs = parse_strategies(args.strategies or "greedy", parse_strategy_args(args.strategy_args),
                              {"amateur": args.amateur}, labels=args.label)
+    if args.backend == "vllm" and "mc" in modes:
+        raise UsageError("--backend vllm runs generation only (--mode gen): TruthfulQA MC scores given answers "
+                         "under a strategy's rule, which needs the model's logits here")
+    backend = generation_backend(args, specs)
     model, tok = load_run_model(args)
     for m in modes:
         module, _, attr = MODES[m].partition(":")
         task = getattr(importlib.import_module(module), attr)(model, tok, cfg)
+        task.backend = backend
         out = args.output_dir if len(modes) == 1 else f"{args.output_dir}/{m}"
         summary = run_evaluation(task, specs, out, chunk_size=args.chunk_size or task.default_chunk_size, seed=args.seed or 0,
-                                 overwrite=bool(args.overwrite), model_name=args.model, progress=not args.quiet)
+                                 overwrite=bool(args.overwrite), model_name=args.model, progress=not args.quiet,
+                                 model_ident=run_model_identity(model, backend))
         from pathlib import Path
 
         for w in summary.get("warnings", []):

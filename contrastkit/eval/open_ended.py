@@ -156,6 +156,7 @@ class OpenEnded:
                 "gen_length": "gen length (tokens)"}
 
     metric_scale = {"diversity": 100.0, "mauve": 100.0, "mauve_std": 100.0}
+    backend = None  # a generation backend with contrastkit.generate's signature (vLLM); None = generate here
 
     def __init__(self, model, tokenizer, config: OpenEndedConfig, featurizer=None, seed: int = 0):
         self.model, self.tok, self.cfg, self.seed = model, tokenizer, config, seed
@@ -211,8 +212,9 @@ class OpenEnded:
         from contrastkit.generation import generate
 
         prompts = [it.get("prefix_ids") or it["prefix"] for it in items]
-        results = generate(self.model, self.tok, prompts, spec.name, max_new_tokens=self.cfg.max_new_tokens,
-                           batch_size=self.cfg.batch_size, seed=self.seed, **spec.params)
+        gen = generate if self.backend is None else self.backend.generate  # --backend vllm: plain strategies
+        results = gen(self.model, self.tok, prompts, spec.name, max_new_tokens=self.cfg.max_new_tokens,
+                      batch_size=self.cfg.batch_size, seed=self.seed, **spec.params)
         texts = [r.text for r in results]
         idx = [i for i, t in enumerate(texts) if t.strip()]
         logprob = [None] * len(items)

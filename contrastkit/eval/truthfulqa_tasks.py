@@ -242,6 +242,7 @@ class TruthfulQAGen(_TruthfulQABase):
     metric_help = GEN_HELP
     higher_is_better = {m: True for m in item_metrics}
     plots = [("bar", "bleu_acc", "rouge1_acc", "rougeL_acc")]
+    backend = None  # a generation backend with contrastkit.generate's signature (vLLM); None = generate here
 
     def __init__(self, model, tokenizer, config: TruthfulQAConfig):
         super().__init__(model, tokenizer, config)
@@ -275,10 +276,13 @@ class TruthfulQAGen(_TruthfulQABase):
         from contrastkit.generation import generate
 
         qs = [d["item"] for d in items]
-        stop = StoppingCriteriaList([StopStringCriteria(self.tok, [GEN_PRESETS[self.cfg.gen_preset]["stop"]])])
-        results = generate(self.model, self.tok, [self.context(q.question) for q in qs], spec.name,
-                           max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size,
-                           stopping_criteria=stop, **spec.params)
+        prompts, stop_text = [self.context(q.question) for q in qs], GEN_PRESETS[self.cfg.gen_preset]["stop"]
+        kw = dict(max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size, **spec.params)
+        if self.backend is None:
+            stop = StoppingCriteriaList([StopStringCriteria(self.tok, [stop_text])])
+            results = generate(self.model, self.tok, prompts, spec.name, stopping_criteria=stop, **kw)
+        else:  # --backend vllm: the server stops at the same string
+            results = self.backend.generate(self.model, self.tok, prompts, spec.name, stop=[stop_text], **kw)
         answers = [extract_answer(r.text, self.cfg.gen_preset) for r in results]
         records = []
         for q, r, a in zip(qs, results, answers):

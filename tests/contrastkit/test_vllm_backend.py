@@ -9,66 +9,18 @@ same records as the HF backend, token for token; contrastive/CD/RankGen are refu
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import torch
 
 from contrastkit.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-class _OpenAIStandIn(BaseHTTPRequestHandler):
-    model = None
-    tok = None
+class _OpenAIStandIn:
+    """The shared stand-in's request log (contrastkit.testing.openai_completions_standin)."""
+
     requests: list = []
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        assert self.path == "/v1/models"
-        self._send({"object": "list", "data": [{"id": "tiny-served"}]})
-
-    def do_POST(self):
-        assert self.path == "/v1/completions"
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append(body)
-        choices = []
-        for i, prompt in enumerate(body["prompt"]):
-            assert isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)  # token-id prompts
-            for j, ids in enumerate(self._run(prompt, body)):
-                choices.append({"index": i * body["n"] + j, "token_ids": ids, "finish_reason": "stop",
-                                "text": self.tok.decode(ids, skip_special_tokens=True)})
-        self._send({"choices": choices[::-1]})  # out of order on purpose
-
-    def _run(self, prompt, body):
-        ids = torch.tensor([prompt])
-        kw = dict(max_new_tokens=body["max_tokens"], min_new_tokens=body["min_tokens"] or None,
-                  pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
-                  repetition_penalty=body["repetition_penalty"])
-        with torch.no_grad():
-            if body.get("use_beam_search"):  # vLLM's BeamSearchParams: width, length penalty, nothing else
-                kw.update(min_new_tokens=None, repetition_penalty=1.0)
-                out = self.model.generate(ids, num_beams=body["n"], num_return_sequences=body["n"], do_sample=False,
-                                          length_penalty=body["length_penalty"], **kw)
-            elif body["temperature"] == 0:
-                out = self.model.generate(ids, do_sample=False, **kw)
-            else:
-                g = torch.Generator().manual_seed(body["seed"])
-                nxt = torch.multinomial(torch.ones(8), body["max_tokens"], replacement=True, generator=g) + 10
-                return [nxt.tolist()]
-        return [row[len(prompt):].tolist() for row in out]
 
 
 @pytest.fixture
@@ -76,13 +28,12 @@ def server(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     from contrastkit.models import load_model
+    from contrastkit.testing import openai_completions_standin
 
     _, tok = load_model(str(tiny_model_dir))
-    _OpenAIStandIn.model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
-    _OpenAIStandIn.tok, _OpenAIStandIn.requests = tok, []
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _OpenAIStandIn)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    srv, url, _OpenAIStandIn.requests = openai_completions_standin(model, tok)
+    yield url
     srv.shutdown()
     srv.server_close()
 
