@@ -108,7 +108,10 @@ def run_model_identity(model, backend) -> dict | None:
 
 def load_run_model(args):
     from contrastkit.errors import check_range
-    from contrastkit.models import load_model
+    from contrastkit.models import load_model, preflight_source
+
+    if getattr(args, "amateur", None):
+        preflight_source(args.amateur, "amateur")  # a mistyped path fails before the model loads
 
     if args.threads is not None:
         import torch

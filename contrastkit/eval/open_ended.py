@@ -82,8 +82,12 @@ def _records_from_json(path: Path) -> list[dict]:
 
 def load_prefix_pairs(path: str | Path, tokenizer=None, *, prefix_tokens: int = 32, reference_tokens: int = 128,
                       limit: int | None = None) -> list[dict]:
-    """``[{"id", "prefix", "reference", "prefix_ids"?}]`` from raw WikiText or a prefix/reference JSON(L) file."""
+    """``[{"id", "prefix", "reference", "prefix_ids"?}]`` from raw WikiText (a file or a Hub id) or a
+    prefix/reference JSON(L) file."""
     p = Path(path)
+    if not p.is_file() and is_hub_id(str(path)):
+        return _prefix_pairs_from_lines(hub_text_lines(str(path)), tokenizer, prefix_tokens=prefix_tokens,
+                                        reference_tokens=reference_tokens, limit=limit, where=str(path))
     if not p.is_file():
         raise UsageError(f"data file '{path}' does not exist")
     if p.suffix in (".json", ".jsonl"):
@@ -100,10 +104,46 @@ def load_prefix_pairs(path: str | Path, tokenizer=None, *, prefix_tokens: int = 
             if limit and len(items) >= limit:
                 break
         return items
+    return _prefix_pairs_from_lines(p.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n"), tokenizer,
+                                    prefix_tokens=prefix_tokens, reference_tokens=reference_tokens, limit=limit,
+                                    where=str(path))
+
+
+# Hub ids of raw-text data sets -> (config, split); the default is WikiText-103's raw test split.
+HUB_TEXT = {"Salesforce/wikitext": ("wikitext-103-raw-v1", "test"), "wikitext": ("wikitext-103-raw-v1", "test")}
+
+
+def is_hub_id(value: str) -> bool:
+    """``owner/name`` that cannot be a local path (:func:`contrastkit.models.looks_like_path`)."""
+    from contrastkit.models import looks_like_path
+
+    return value in HUB_TEXT or (value.count("/") == 1 and not looks_like_path(value))
+
+
+def hub_text_lines(name: str) -> list[str]:
+    """The ``text`` column of a Hub data set's split (``HUB_TEXT`` gives config and split; else ``train``)."""
+    config, split = HUB_TEXT.get(name, (None, "train"))
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # noqa: BLE001 - offline, unknown id: one line, no traceback
+        from contrastkit.io import missing_data_error
+
+        raise missing_data_error("wikitext" if name in HUB_TEXT else f"Hub data set '{name}' ({type(e).__name__})",
+                                 hub_id=name, flag="--data") from None
+    if "text" not in ds.column_names:
+        raise UsageError(f"Hub data set '{name}' has no 'text' column (columns: {', '.join(ds.column_names)})")
+    return [line for text in ds["text"] for line in text.split("\n")]
+
+
+def _prefix_pairs_from_lines(lines, tokenizer, *, prefix_tokens: int, reference_tokens: int, limit: int | None,
+                             where: str) -> list[dict]:
+    """Paragraphs (title lines dropped) with enough tokens -> prefix of ``prefix_tokens`` + reference."""
     if tokenizer is None:
         raise UsageError("cutting prefixes from raw text needs the generator's tokenizer")
     items = []
-    for line in p.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n"):
+    for line in lines:
         line = line.strip()
         if not line or line.startswith("="):
             continue
@@ -116,7 +156,7 @@ def load_prefix_pairs(path: str | Path, tokenizer=None, *, prefix_tokens: int = 
         if limit and len(items) >= limit:
             break
     if not items:
-        raise UsageError(f"{path}: no paragraph has {prefix_tokens + reference_tokens} tokens")
+        raise UsageError(f"{where}: no paragraph has {prefix_tokens + reference_tokens} tokens")
     return items
 
 
@@ -160,8 +200,20 @@ class OpenEnded:
 
     def __init__(self, model, tokenizer, config: OpenEndedConfig, featurizer=None, seed: int = 0):
         self.model, self.tok, self.cfg, self.seed = model, tokenizer, config, seed
-        self._items = load_prefix_pairs(config.data, tokenizer, prefix_tokens=config.prefix_tokens,
-                                        reference_tokens=config.max_new_tokens, limit=config.limit)
+        if not Path(config.data).is_file() and is_hub_id(config.data):  # a Hub id: identified by its text
+            import hashlib
+
+            lines = hub_text_lines(config.data)
+            self._data_sha256 = hashlib.sha256("\n".join(lines).encode()).hexdigest()
+            self._items = _prefix_pairs_from_lines(lines, tokenizer, prefix_tokens=config.prefix_tokens,
+                                                   reference_tokens=config.max_new_tokens, limit=config.limit,
+                                                   where=config.data)
+        else:
+            from contrastkit.eval.cache import file_sha256
+
+            self._items = load_prefix_pairs(config.data, tokenizer, prefix_tokens=config.prefix_tokens,
+                                            reference_tokens=config.max_new_tokens, limit=config.limit)
+            self._data_sha256 = file_sha256(config.data)
         self._featurizer = featurizer
         self._ref_features = None
 
@@ -182,18 +234,16 @@ class OpenEnded:
     def identity(self) -> dict:
         """What determines the records (generations): data bytes, prefix and continuation lengths, version."""
         from contrastkit.eval import task_spec
-        from contrastkit.eval.cache import file_sha256
 
-        return {"data_sha256": file_sha256(self.cfg.data), "prefix_tokens": self.cfg.prefix_tokens,
+        return {"data_sha256": self._data_sha256, "prefix_tokens": self.cfg.prefix_tokens,
                 "max_new_tokens": self.cfg.max_new_tokens, "version": task_spec(self.name)["version"]}
 
     def item_key(self, item: dict) -> str:
         return item["prefix"]
 
     def dataset_info(self) -> dict:
-        from contrastkit.eval.cache import file_sha256
-
-        return {"file": str(Path(self.cfg.data).resolve()), "sha256": file_sha256(self.cfg.data),
+        file = str(Path(self.cfg.data).resolve()) if Path(self.cfg.data).is_file() else self.cfg.data
+        return {"file": file, "sha256": self._data_sha256,
                 "n_items": len(self._items), "featurizer": self.cfg.featurizer,
                 "featurizer_note": "MAUVE and coherence use this featurizer; the papers used GPT-2 (MAUVE) and "
                                    "SimCSE (coherence), so absolute values are not comparable with theirs"}

@@ -106,3 +106,18 @@ def test_bad_backend_input_is_one_line_before_loading(tmp_path, tqa_csv, extra, 
     code, err = _run(capsys, ["eval", "truthfulqa", "--model", str(tmp_path / "no-such-model"), "--data",
                               str(tqa_csv), "--output_dir", str(tmp_path / "o"), *extra])
     assert code == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_mistyped_amateur_fails_before_the_model_loads(tmp_path, tqa_csv, monkeypatch, capsys):
+    import contrastkit.models
+
+    (tmp_path / "runs" / "amateur").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the amateur was checked")
+
+    monkeypatch.setattr(contrastkit.models, "load_model", no_load)
+    code, err = _run(capsys, ["eval", "truthfulqa", "--strategies", "icd", "--amateur", "runs/amateurX",
+                              "--data", str(tqa_csv), "--output_dir", str(tmp_path / "o")])
+    assert code == 2 and "Did you mean 'runs/amateur'" in err and len(err.strip().splitlines()) == 1
