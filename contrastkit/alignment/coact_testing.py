@@ -54,7 +54,7 @@ def tiny_vit(seed: int = 0, *, num_layers: int = 2, hidden: int = 32):
 
 
 def synthetic_text(num_classes: int, per_class: int, seed: int = 0, *, length: int = 6) -> tuple[list[str], list[str]]:
-    """Texts whose class is given by two class-specific words among random filler words."""
+    """Texts of 2 to ``length`` words whose class is given by two class-specific words among random fillers."""
     import random
 
     from contrastkit.testing import CORPUS_WORDS
@@ -64,8 +64,8 @@ def synthetic_text(num_classes: int, per_class: int, seed: int = 0, *, length: i
     texts, labels = [], []
     for c in range(num_classes):
         key = [words[(2 * c) % len(words)], words[(2 * c + 1) % len(words)]]
-        for _ in range(per_class):
-            body = [rng.choice(words) for _ in range(length - 2)] + key
+        for _ in range(per_class):  # 2 to `length` words, so batches need padding
+            body = [rng.choice(words) for _ in range(rng.randint(0, length - 2))] + key
             rng.shuffle(body)
             texts.append(" ".join(body))
             labels.append(f"class_{c:02d}")

@@ -71,7 +71,7 @@ def test_sessions_bad_input(labels, test, match):
 
 def test_session_metrics_and_summary_hand_computed():
     preds = torch.tensor([0, 1, 1, 5, 4, 4])
-    labels = torch.tensor([0, 1, 2, 4, 4, 5])  # base = {0,1,2}: 2/3 right; new = {4,4,5}: 1/3 right
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])  # base = {0,1,2}: 2/3 right; new = {3,4,5}: 1/3 right (4 only)
     m = session_metrics(preds, labels, base_classes=3)
     assert m["acc"] == pytest.approx(0.5) and m["acc_base"] == pytest.approx(2 / 3)
     assert m["acc_new"] == pytest.approx(1 / 3)
