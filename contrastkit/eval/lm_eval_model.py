@@ -179,6 +179,8 @@ class _ContrastkitLMImpl:
         from contrastkit.generation import generate
 
         name, params = self._greedy_strategy()
+        # the log-likelihood rule has no repetition penalty (dola's generation preset adds 1.2): ask for its argmax
+        params = {**params, "repetition_penalty": 1.0}
         encoded = [encode_pair(self.tok, ctx, cont) for ctx, cont in pairs]
         by_len: dict[int, list[int]] = {}
         for i, (_, x) in enumerate(encoded):

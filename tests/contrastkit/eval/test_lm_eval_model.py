@@ -221,3 +221,23 @@ def test_one_line_error_walks_the_exception_chain():
     except ConnectionError as e:
         assert "Couldn't reach 'x/y'" in _one_line_error(e)
     assert _one_line_error(ValueError("a real bug")) is None
+
+
+def test_is_greedy_follows_the_scoring_rule_not_the_generation_preset(tiny_llama, tiny_tok):
+    """dola's generation preset adds a repetition penalty of 1.2; its log-likelihood rule has none, so
+    ``is_greedy`` must ask whether the continuation is the rule's own argmax chain (penalty 1.0)."""
+    lm = ContrastkitLM(model=tiny_llama, tokenizer=tiny_tok, strategy="dola")
+    found = 0
+    for ctx in ("Q: what is it?\nA:", "yes no yes no yes", "the cat saw the cat saw the"):
+        plain = generate(tiny_llama, tiny_tok, ctx, "dola", max_new_tokens=6, repetition_penalty=1.0)[0].token_ids
+        penal = generate(tiny_llama, tiny_tok, ctx, "dola", max_new_tokens=6)[0].token_ids  # preset: 1.2
+        n = next((k for k in range(1, 7) if plain[:k] != penal[:k]), None)
+        if n is None or encode_pair(tiny_tok, ctx, tiny_tok.decode(plain[:n]))[1] != plain[:n]:
+            continue
+        if encode_pair(tiny_tok, ctx, tiny_tok.decode(penal[:n]))[1] != penal[:n]:
+            continue
+        pairs = [(ctx, tiny_tok.decode(plain[:n])), (ctx, tiny_tok.decode(penal[:n]))]
+        out = lm.loglikelihood(_requests("loglikelihood", pairs), disable_tqdm=True)
+        assert [g for _, g in out] == [True, False]
+        found += 1
+    assert found, "no context where the preset's repetition penalty changes dola's tokens"
