@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from contrastkit.errors import UsageError
 
-__all__ = ["VLLM_STRATEGIES", "NOT_ON_VLLM", "VLLMBackend", "check_vllm_strategy", "request_for"]
+__all__ = ["VLLM_STRATEGIES", "NOT_ON_VLLM", "VLLMBackend", "check_vllm_strategy", "request_for", "served_model",
+           "vllm_json"]
 
 VLLM_STRATEGIES = ("greedy", "sample", "beam")
 _CD = ("needs the amateur's (or a lower layer's) logits beside the expert's at every step; vLLM's API returns "
@@ -81,6 +82,30 @@ def request_for(name: str, config, *, max_new_tokens: int, min_new_tokens: int, 
     return body
 
 
+def vllm_json(base_url: str, path: str, payload: dict | None = None, *, timeout: float = 600.0) -> dict:
+    """GET (no payload) or POST JSON to an OpenAI-compatible server; any failure is a one-line UsageError."""
+    url = base_url.rstrip("/") + path
+    data = None if payload is None else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+                                 method="GET" if payload is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - user-given server URL
+            return json.loads(resp.read().decode())
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace")[:300]
+        raise UsageError(f"vLLM server at {base_url} refused {path}: HTTP {e.code} {detail}") from None
+    except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"vLLM server at {base_url} did not answer {path}: {e}") from None
+
+
+def served_model(base_url: str, *, timeout: float = 600.0) -> str:
+    """The first model a server lists under ``/v1/models``."""
+    models = vllm_json(base_url, "/v1/models", timeout=timeout).get("data") or []
+    if not models:
+        raise UsageError(f"vLLM server at {base_url} lists no models")
+    return models[0]["id"]
+
+
 @dataclass
 class VLLMBackend:
     """A vLLM OpenAI-compatible server as a generation backend (drop-in for :func:`contrastkit.generation.generate`)."""
@@ -90,25 +115,11 @@ class VLLMBackend:
     timeout: float = 600.0
 
     def _call(self, path: str, payload: dict | None = None) -> dict:
-        url = self.base_url.rstrip("/") + path
-        data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                     method="GET" if payload is None else "POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user-given server URL
-                return json.loads(resp.read().decode())
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:300]
-            raise UsageError(f"vLLM server at {self.base_url} refused {path}: HTTP {e.code} {detail}") from None
-        except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"vLLM server at {self.base_url} did not answer {path}: {e}") from None
+        return vllm_json(self.base_url, path, payload, timeout=self.timeout)
 
     def model(self) -> str:
         if self.model_name is None:
-            models = self._call("/v1/models").get("data") or []
-            if not models:
-                raise UsageError(f"vLLM server at {self.base_url} lists no models")
-            self.model_name = models[0]["id"]
+            self.model_name = served_model(self.base_url, timeout=self.timeout)
         return self.model_name
 
     def _completions(self, prompts: list[list[int]], body: dict, tokenizer) -> list[list[int]]:
@@ -187,50 +198,3 @@ def load_tokenizer_only(name_or_path: str):
     source = resolve_source(name_or_path)
     path = materialize_gguf(source.path, source.gguf_file) if source.kind == "gguf" else source.path
     return prepare_tokenizer(AutoTokenizer.from_pretrained(str(path)))
-
-
-def cli_generate(opts, model_cfg, names: list[str], params: dict, prompts: list) -> dict:
-    """``contrastkit generate --backend vllm``: ``{strategy: [GenerationResult]}`` for every prompt."""
-    if opts.backend != "vllm":
-        from contrastkit.errors import did_you_mean
-
-        raise UsageError(f"unknown --backend '{opts.backend}'.{did_you_mean(opts.backend, ['hf', 'vllm'])} "
-                         f"Known: hf, vllm")
-    for name in names:
-        check_vllm_strategy(name)
-    if not opts.vllm_url:
-        raise UsageError("--backend vllm needs --vllm_url (e.g. http://127.0.0.1:8000)")
-    if opts.stream:
-        raise UsageError("--stream is not supported with --backend vllm")
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("--backend vllm runs in one process (the server batches requests); drop accelerate launch")
-    backend = VLLMBackend(opts.vllm_url, opts.vllm_model)
-    tok = load_tokenizer_only(model_cfg.model)
-    return {name: backend.generate(None, tok, prompts, name, max_new_tokens=opts.max_new_tokens,
-                                   min_new_tokens=opts.min_new_tokens, chat=opts.chat, batch_size=opts.batch_size,
-                                   seed=opts.seed, **params[name]) for name in names}
-
-
-def write_records(opts, model_cfg, names: list[str], prompts: list, results: dict) -> int:
-    """Write/print the records exactly as ``contrastkit generate`` does on the HF backend."""
-    import sys
-
-    from contrastkit.io import atomic_write
-
-    if opts.output:
-        with atomic_write(opts.output) as f:
-            for i in range(len(prompts)):
-                for name in names:
-                    record = {"index": i, "model": model_cfg.model, **results[name][i].to_dict()}
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        print(f"wrote {len(prompts) * len(names)} records to {opts.output}", file=sys.stderr)
-        return 0
-    for i in range(len(prompts)):
-        if len(prompts) > 1 or len(names) > 1:
-            print(f"=== prompt {i + 1}: {results[names[0]][i].prompt!r}")
-        for name in names:
-            r = results[name][i]
-            print(f"[{name}] {r.text}" if len(names) > 1 else r.text)
-    return 0

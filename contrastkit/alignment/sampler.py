@@ -21,9 +21,6 @@ first EOS; :func:`completion_mask_until_eos`). A pad id generated *before* EOS i
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 import torch
@@ -132,22 +129,15 @@ class VLLMHTTPSampler:
         return {"name": "vllm-http", "off_policy": self.off_policy, "sync_every": None, "n_syncs": 0}
 
     def _post(self, path: str, payload: dict | None = None) -> dict:
-        url = self.base_url.rstrip("/") + path
-        data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
-                                     method="GET" if payload is None else "POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - user-given server URL
-                return json.loads(resp.read().decode())
-        except (urllib.error.URLError, OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"vLLM server at {self.base_url} did not answer {path}: {e}") from None
+        from contrastkit.vllm_backend import vllm_json
+
+        return vllm_json(self.base_url, path, payload, timeout=self.timeout)
 
     def _model(self) -> str:
         if self.model_name is None:
-            models = self._post("/v1/models").get("data") or []
-            if not models:
-                raise UsageError(f"vLLM server at {self.base_url} lists no models")
-            self.model_name = models[0]["id"]
+            from contrastkit.vllm_backend import served_model
+
+            self.model_name = served_model(self.base_url, timeout=self.timeout)
         return self.model_name
 
     def sample(self, model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, k: int, max_new_tokens: int,

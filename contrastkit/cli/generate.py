@@ -158,10 +158,8 @@ def run(argv: list[str]) -> int:
         from contrastkit.decoding.base import get_strategy
 
         get_strategy(name).make_config(**params[name])
-    if opts.backend != "hf":  # issue 15: no local model; records as below (contrastkit/vllm_backend.py)
-        from contrastkit.vllm_backend import cli_generate, write_records
-
-        return write_records(opts, model_cfg, names, prompts, cli_generate(opts, model_cfg, names, params, prompts))
+    if opts.backend != "hf":  # greedy/sample/beam on a vLLM server; no local model (contrastkit/vllm_backend.py)
+        return _emit(opts, model_cfg, names, prompts, _generate_on_vllm(opts, model_cfg, names, params, prompts))
 
     from contrastkit.generation import generate
     from contrastkit.models import load_model
@@ -203,6 +201,35 @@ def run(argv: list[str]) -> int:
         results = shard
     if opts.stream:
         return 0
+    return _emit(opts, model_cfg, names, prompts, results)
+
+
+def _generate_on_vllm(opts, model_cfg, names: list[str], params: dict, prompts: list) -> dict:
+    """``--backend vllm``: ``{strategy: [GenerationResult]}`` for every prompt, with the same options."""
+    from contrastkit.errors import did_you_mean
+    from contrastkit.vllm_backend import VLLMBackend, check_vllm_strategy, load_tokenizer_only
+
+    if opts.backend != "vllm":
+        raise UsageError(f"unknown --backend '{opts.backend}'.{did_you_mean(opts.backend, ['hf', 'vllm'])} "
+                         f"Known: hf, vllm")
+    for name in names:
+        check_vllm_strategy(name)
+    if not opts.vllm_url:
+        raise UsageError("--backend vllm needs --vllm_url (e.g. http://127.0.0.1:8000)")
+    if opts.stream:
+        raise UsageError("--stream is not supported with --backend vllm")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("--backend vllm runs in one process (the server batches requests); drop accelerate launch")
+    backend = VLLMBackend(opts.vllm_url, opts.vllm_model)
+    tok = load_tokenizer_only(model_cfg.model)
+    return {name: backend.generate(None, tok, prompts, name, max_new_tokens=opts.max_new_tokens,
+                                   min_new_tokens=opts.min_new_tokens, chat=opts.chat, batch_size=opts.batch_size,
+                                   seed=opts.seed, repetition_penalty=opts.repetition_penalty, stop=opts.stop,
+                                   **params[name]) for name in names}
+
+
+def _emit(opts, model_cfg, names: list[str], prompts: list, results: dict) -> int:
+    """Write the records to ``--output`` (atomically) or print the texts; the same for every backend."""
     if opts.output:
         with atomic_write(opts.output) as f:
             for i in range(len(prompts)):

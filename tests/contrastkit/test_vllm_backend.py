@@ -124,3 +124,15 @@ def test_vllm_modules_import_nothing_of_vllm():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_repetition_penalty_and_stop_reach_the_server(tmp_path, tiny_model_dir, server, capsys):
+    out = tmp_path / "o.jsonl"
+    code = main(["generate", "--model", str(tiny_model_dir), "--backend", "vllm", "--vllm_url", server,
+                 "--strategy", "greedy", "--repetition_penalty", "1.3", "--stop", "king", "--max_new_tokens", "5",
+                 "--output", str(out), "the cat"])
+    assert code == 0, capsys.readouterr().err
+    (req,) = _OpenAIStandIn.requests
+    assert req["repetition_penalty"] == 1.3 and req["stop"] == ["king"] and req["include_stop_str_in_output"]
+    rec = _records(out)[0]
+    assert rec["repetition_penalty"] == 1.3 and rec["stop"] == ["king"]
