@@ -143,15 +143,26 @@ def test_each_logits_processor_called_once_per_step(tiny_llama, tiny_tok):
     assert proc.calls == len(out[0]) == 7
 
 
-def test_single_sample_is_nucleus_sampling_without_ranker(tiny_llama, tiny_tok):
+@pytest.mark.parametrize("top_p,temperature", [(0.9, 1.0), (0.5, 1.5)])
+def test_single_sample_is_nucleus_sampling_without_ranker(tiny_llama, tiny_tok, top_p, temperature):
     from contrastkit.decoding.plain import sample
 
-    got = run(tiny_llama, tiny_tok, PROMPTS[:1], 9, ranker=NoRanker(), beam_size=1, num_samples=1,
-              rerank_every=9, top_p=0.9, seed=3)[0]
+    got = run(tiny_llama, tiny_tok, PROMPTS[:1], 12, ranker=NoRanker(), beam_size=1, num_samples=1,
+              rerank_every=12, top_p=top_p, temperature=temperature, seed=3)[0]
     enc = tiny_tok(PROMPTS[:1], return_tensors="pt")
-    ref = tiny_llama.generate(**enc, custom_generate=sample, top_p=0.9, seed=3, max_new_tokens=9, do_sample=False,
-                              pad_token_id=tiny_tok.pad_token_id)
+    ref = tiny_llama.generate(**enc, custom_generate=sample, top_p=top_p, temperature=temperature, seed=3,
+                              max_new_tokens=12, do_sample=False, pad_token_id=tiny_tok.pad_token_id)
     assert got == ref[0, enc["input_ids"].shape[1]:].tolist()
+    full = tiny_llama.generate(**enc, custom_generate=sample, top_p=1.0, temperature=temperature, seed=3,
+                               max_new_tokens=12, do_sample=False, pad_token_id=tiny_tok.pad_token_id)
+    if top_p < 0.9:  # the nucleus matters here: without it the tokens differ
+        assert got != full[0, enc["input_ids"].shape[1]:].tolist()
+
+
+def test_single_sample_loads_no_ranker(tiny_llama, tiny_tok):
+    """B=N=1 never touches the ranker: the default (a Hub checkpoint) is not even loaded, so it runs offline."""
+    got = run(tiny_llama, tiny_tok, PROMPTS[:1], 4, beam_size=1, num_samples=1, rerank_every=4, seed=3)[0]
+    assert len(got) == 4
 
 
 def test_overgenerate_and_rerank_returns_argmax_sample(tiny_llama, tiny_tok):
