@@ -59,6 +59,12 @@ def test_sessions_split_counts_order_and_seed():
     assert make_sessions(labels, test, p, seed=1).classes != s.classes
 
 
+def test_sessions_class_with_exactly_k_examples_is_enough():
+    labels = [f"c{c}" for c in range(8) for _ in range(6)] + ["c8"] * P.shots
+    s = make_sessions(labels, ["c0"], dataclasses.replace(P, sessions=2), seed=0)
+    assert len(s.classes) == 8
+
+
 @pytest.mark.parametrize("labels,test,match", [
     ([f"c{c}" for c in range(7) for _ in range(6)], ["c0"], "too many classes requested: .* = 8, but .* has 7"),
     ([f"c{c}" for c in range(9) for _ in range(6)], ["c0", "cx"], "test label 'cx' never occurs"),
@@ -204,3 +210,20 @@ def test_runner_wiring_per_method_and_session(text_data, monkeypatch):
     assert calls == []
     _run("coact", text_data, dataclasses.replace(P, inc_epochs=0, base_epochs=2))
     assert len(calls) == 1 and calls[0][1] == 2
+
+
+def test_checkpoint_state_restores_every_tensor_that_training_can_change():
+    from contrastkit.alignment.coact_runner import mutable_state
+
+    trained = CoACTModel(tiny_bert(0), 5, CoACTConfig(ft_start_layer=-1))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # what a session can change: LoRA, classifier, seen, top block of student and teacher
+        for p in trained.lora_parameters() + trained.ft_parameters() + [trained.classifier.weight]:
+            p.add_(torch.randn(p.shape, generator=g))
+        for t, s in zip(*trained.teacher_pairs()):
+            t.copy_(s)
+    trained.seen[:3] = True
+    fresh = CoACTModel(tiny_bert(0), 5, CoACTConfig(ft_start_layer=-1))
+    fresh.load_state_dict({**fresh.state_dict(), **mutable_state(trained)})
+    want = trained.state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in fresh.state_dict().items())
