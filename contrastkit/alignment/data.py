@@ -103,7 +103,7 @@ def _select_split(ds, source, split: str):
     return ds
 
 
-def _load_hub_or_repo(source: str, config: str | None, split: str):
+def _load_hub_or_repo(source: str, config: str | None, split: str, data_dir: str | None = None):
     """``datasets.load_dataset`` on a Hub id or a local script-free repo folder (data files + README), as trl's
     scripts load ``--dataset_name``; every failure becomes a one-line UsageError."""
     import datasets
@@ -112,22 +112,25 @@ def _load_hub_or_repo(source: str, config: str | None, split: str):
         # a local folder is re-read every time: datasets keys its cache by the folder's name and config, not
         # by the files' content, so an edited folder (or another one of the same name) would read stale rows
         local = Path(source).exists()
-        return datasets.load_dataset(source, name=config, split=split, download_mode="force_redownload" if local
-                                     else None, verification_mode="no_checks" if local else None)
+        return datasets.load_dataset(source, name=config, split=split, data_dir=data_dir,
+                                     download_mode="force_redownload" if local else None,
+                                     verification_mode="no_checks" if local else None)
     except Exception as e:  # noqa: BLE001 - datasets raises many types (offline, not found, bad config)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = "" if Path(source).exists() else " (a Hub id needs network; pass a local file or folder offline)"
         raise UsageError(f"preference data '{source}'" + (f" config '{config}'" if config else "") +
+                         (f" data_dir '{data_dir}'" if data_dir else "") +
                          f" split '{split}' could not be loaded with datasets.load_dataset: {msg}{hint}") from None
 
 
-def _records_from_dataset(path: Path, split: str, limit: int | None, config: str | None = None):
+def _records_from_dataset(path: Path, split: str, limit: int | None, config: str | None = None,
+                          data_dir: str | None = None):
     import datasets
 
     if _is_saved_to_disk(path):
         ds = _select_split(datasets.load_from_disk(str(path)), path, split)
     else:
-        ds = _load_hub_or_repo(str(path), config, split)
+        ds = _load_hub_or_repo(str(path), config, split, data_dir)
     return _records(ds, limit)
 
 
@@ -146,7 +149,7 @@ def looks_like_hub_id(source: str) -> bool:
 
 def load_preference_data(source: str | Path, *, split: str = "train", limit: int | None = None,
                          offset: int = 0, drop_invalid: bool = False, dropped: list | None = None,
-                         config: str | None = None):
+                         config: str | None = None, data_dir: str | None = None):
     """Load preference pairs as a ``datasets.Dataset`` with prompt/chosen/rejected columns.
 
     Args:
@@ -157,6 +160,8 @@ def load_preference_data(source: str | Path, *, split: str = "train", limit: int
             as trl's scripts load ``--dataset_name``; needs network unless cached).
         split: split name for a ``DatasetDict`` folder, a repo folder or a Hub dataset.
         config: the Hub dataset's configuration name (``--dataset_config``), if it has several.
+        data_dir: a folder inside the Hub dataset repo (``--dataset_dir``; ``datasets.load_dataset(data_dir=)``),
+            e.g. ``harmless-base`` for ``Anthropic/hh-rlhf``, which has subsets as folders, not configs.
         limit: keep at most this many rows (after ``offset``).
         offset: skip this many rows first (e.g. to carve a held-out set out of one file).
         drop_invalid: drop malformed rows (e.g. an empty response; HH-RLHF has a few) instead of
@@ -175,7 +180,7 @@ def load_preference_data(source: str | Path, *, split: str = "train", limit: int
             raise UsageError(f"preference data '{source}' does not exist (nor is it a Hub dataset id owner/name)")
         records = _records(_load_hub_or_repo(str(source), config, split), want)
     elif path.is_dir():
-        records = _records_from_dataset(path, split, want, config)
+        records = _records_from_dataset(path, split, want, config, data_dir)
     elif path.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
         records = _read_json_lines(path, want)
     else:

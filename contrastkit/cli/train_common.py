@@ -48,6 +48,9 @@ class TrainScriptConfig:
     eval_file: str | None = field(default=None, metadata={"help": "Held-out pairs in the same formats (optional)."})
     dataset_config: str | None = field(default=None, metadata={
         "help": "Configuration name of a Hub dataset (datasets.load_dataset(name=...)), as in trl's scripts."})
+    dataset_dir: str | None = field(default=None, metadata={
+        "help": "Folder inside a Hub dataset repo (datasets.load_dataset(data_dir=...)), e.g. harmless-base for "
+                "Anthropic/hh-rlhf, whose subsets are folders rather than configurations."})
     train_split: str = field(default="train", metadata={
         "help": "Split used for training (a DatasetDict folder, a dataset repo folder or a Hub dataset)."})
     eval_split: str = field(default="test", metadata={"help": "Split used for evaluation (same sources)."})
@@ -133,12 +136,13 @@ def load_data(script: TrainScriptConfig, dropped: dict | None = None):
     dropped = {} if dropped is None else dropped
     train = load_preference_data(script.train_file, split=script.train_split, limit=script.limit,
                                  offset=script.offset, drop_invalid=script.skip_invalid_rows,
-                                 dropped=dropped.setdefault("train", []), config=script.dataset_config)
+                                 dropped=dropped.setdefault("train", []), config=script.dataset_config,
+                                 data_dir=script.dataset_dir)
     evals = None
     if script.eval_file:
         evals = load_preference_data(script.eval_file, split=script.eval_split, limit=script.eval_limit,
                                      drop_invalid=script.skip_invalid_rows, dropped=dropped.setdefault("eval", []),
-                                     config=script.dataset_config)
+                                     config=script.dataset_config, data_dir=script.dataset_dir)
     return train, evals
 
 

@@ -322,3 +322,25 @@ def test_hypo_logs_parts_heldout_kl_and_dropped_rows(tmp_path, tiny_model_dir, c
     evals_logged = [h for h in summary["log_history"] if "eval_loss" in h]
     assert len(evals_logged) == 2 and all("eval_hypo/kl" in h for h in evals_logged)
     assert evals_logged[0]["eval_hypo/kl"] != 0.0  # after one step the policy has moved on held-out prompts
+
+
+def test_dataset_dir_selects_a_subset_folder_and_the_hh_configs_use_harmless_base(tmp_path):
+    """Anthropic/hh-rlhf keeps its subsets as folders (harmless-base/, helpful-base/), not configurations:
+    --dataset_dir reaches datasets.load_dataset(data_dir=...); the shipped *_hh configs ask for harmless-base."""
+    from contrastkit.alignment.configs import ContrastDPOConfig
+    from contrastkit.alignment.data import load_preference_data
+    from contrastkit.cli.common import resolve_config
+    from contrastkit.cli.train_common import parse_configs
+
+    repo = tmp_path / "hh-like"
+    for sub, n in (("harmless-base", 2), ("helpful-base", 5)):
+        (repo / sub).mkdir(parents=True)
+        rows = [{"prompt": f"q{i} {sub}", "chosen": " yes", "rejected": " no"} for i in range(n)]
+        (repo / sub / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (repo / "README.md").write_text("toy\n")
+    assert len(load_preference_data(repo, split="train", data_dir="harmless-base")) == 2
+    assert len(load_preference_data(repo, split="train", data_dir="helpful-base")) == 5
+    script, _ = parse_configs("t", ContrastDPOConfig, ["--config", str(resolve_config("dpo_smollm2_hh")),
+                                                       "--train_file", str(repo)])
+    assert script.dataset_dir == "harmless-base"
+    assert len(load_preference_data(script.train_file, split="train", data_dir=script.dataset_dir)) == 2
