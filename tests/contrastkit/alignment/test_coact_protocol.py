@@ -136,6 +136,23 @@ def test_resume_after_crash_equals_uninterrupted(text_data, tmp_path):
         _run("coact", text_data, dataclasses.replace(P, shots=2), out_dir=tmp_path / "b")
 
 
+def test_resume_refuses_changed_data_or_encoder_weights_behind_the_same_settings(text_data, tmp_path):
+    """The checkpoint is keyed by the data's and the encoder's contents, not by names or paths."""
+    tr_x, tr_y, te_x, te_y = text_data
+    _run("prototype", text_data, out_dir=tmp_path, stop_after=0)
+    edited = ([tr_x[0] + " edited"] + list(tr_x[1:]), tr_y, te_x, te_y)
+    with pytest.raises(UsageError, match="other settings"):
+        _run("prototype", edited, out_dir=tmp_path)
+    relabelled = (tr_x, tr_y, te_x, list(reversed(te_y)))
+    with pytest.raises(UsageError, match="other settings"):
+        _run("prototype", relabelled, out_dir=tmp_path)
+    with pytest.raises(UsageError, match="other settings"):  # same model name, other weights
+        run_method("prototype", encoder_fn=lambda: tiny_bert(1), tokenizer=tiny_word_tokenizer(), train_inputs=tr_x,
+                   train_labels=tr_y, test_inputs=te_x, test_labels=te_y, protocol=P, coact=CoACTConfig(), seed=0,
+                   out_dir=tmp_path)
+    assert len(_run("prototype", text_data, out_dir=tmp_path)) == P.sessions + 1  # unchanged: resumes
+
+
 def test_prototype_baseline_is_frozen_encoder_nearest_mean_and_predictions_stay_seen(text_data):
     res = _run("prototype", text_data)
     tr_x, tr_y, te_x, te_y = text_data

@@ -134,3 +134,38 @@ def test_hub_default_offline_fails_fast_exit_2(tmp_path, capsys, monkeypatch):
     # the shipped config's keys are all valid: it reaches the same data step
     assert cli(["train", "coact", "--config", "coact_minilm_clinc", "--output_dir", str(out)]) == 2
     assert "Hub id: clinc_oos" in capsys.readouterr().err and not out.exists()
+
+
+def test_resume_refuses_an_encoder_folder_whose_weights_changed(bert_dir, data, tmp_path):
+    """Same --model path, other weights: the checkpoint's identity is the folder's bytes, not its name."""
+    import shutil
+
+    from contrastkit.alignment.coact_testing import tiny_bert
+
+    tr, te = data
+    enc = tmp_path / "enc"
+    shutil.copytree(bert_dir, enc)
+    out = tmp_path / "out"
+    assert cli(flags(enc, tr, te, out, "--methods", "prototype", "--seeds", "0")) == 0
+    assert cli(flags(enc, tr, te, out, "--methods", "prototype", "--seeds", "0")) == 0  # same bytes: resumes
+    tiny_bert(1).save_pretrained(enc)
+    assert cli(flags(enc, tr, te, out, "--methods", "prototype", "--seeds", "0")) == 2
+
+
+def test_hub_default_maps_label_ids_to_names_and_drops_out_of_scope(monkeypatch):
+    """clinc_oos stores intents as ClassLabel ids; 'oos' (out of scope) is not an intent and is dropped by
+    default from the Hub data set, but kept when --exclude_labels is given explicitly."""
+    import datasets
+
+    from contrastkit.cli.train_coact import CoACTScriptConfig, load_data
+
+    feats = datasets.Features({"text": datasets.Value("string"),
+                               "intent": datasets.ClassLabel(names=["book_flight", "oos", "weather"])})
+    split = {"text": ["a", "b", "c", "d"], "intent": [0, 1, 2, 1]}
+    dd = datasets.DatasetDict({k: datasets.Dataset.from_dict(split, features=feats) for k in ("train", "test")})
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: dd)
+    tr_x, tr_y, te_x, te_y = load_data(CoACTScriptConfig())
+    assert tr_x == ["a", "c"] and tr_y == ["book_flight", "weather"] and te_y == tr_y
+    _, kept, _, _ = load_data(CoACTScriptConfig(exclude_labels=["weather"]))
+    assert kept == ["book_flight", "oos", "oos"]
