@@ -47,7 +47,8 @@ class TruthfulQAConfig:
     """Settings of a TruthfulQA run (CLI flags and YAML keys)."""
 
     data: str = field(default="truthfulqa/truthful_qa", metadata={
-        "help": "mc_task.json, TruthfulQA.csv or a Hub id (e.g. ../shared/data/truthfulqa/hub_013686a/mc_task.json)"})
+        "help": "TruthfulQA's mc_task.json or TruthfulQA.csv (a local copy), or a Hub id (the default loads the "
+                "817-question multiple_choice validation split; offline: see README, Data)"})
     preset: str = field(default="qa-primer", metadata={"help": f"MC prompt preset: {', '.join(PRESETS)}"})
     gen_preset: str = field(default="lmeval", metadata={"help": (
         "generation protocol: lmeval (lm-eval 0.4.13 truthfulqa_gen exactly) or contrastkit (context ends in "
