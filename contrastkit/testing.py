@@ -9,6 +9,7 @@ randomly initialised Llama / GPT-2 configs with a few layers and d=64
 from __future__ import annotations
 
 import functools
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 CORPUS_WORDS = (
@@ -95,6 +96,49 @@ def save_tiny(path: str | Path, model=None, tokenizer=None) -> Path:
     return path
 
 
+class JSONRequestHandler(BaseHTTPRequestHandler):
+    """A quiet HTTP request handler that answers JSON: the base of the tests' stand-in servers."""
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, obj, code: int = 200):
+        import json
+
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def softmax_sampling_reference(model, prompt: list[int], k: int, max_new_tokens: int, temperature: float,
+                               eos: int, pad: int):
+    """Plain ``softmax(logits / T)`` sampling, written from scratch as a test reference for HyPO's samplers.
+
+    ``k`` copies of ``prompt``; a full forward each step, one multinomial draw per step for the whole
+    batch (as HF draws), rows frozen to ``pad`` after their EOS, stop once every row has ended.
+    Returns the (k, C) new tokens.
+    """
+    import torch
+
+    ids = torch.tensor([prompt] * k)
+    done = torch.zeros(k, dtype=torch.bool)
+    out = []
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[:, -1].float()
+        nxt = torch.multinomial(torch.softmax(logits / temperature, -1), num_samples=1).squeeze(1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        out.append(nxt)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        done |= nxt == eos
+        if done.all():
+            break
+    return torch.stack(out, dim=1)
+
+
 def openai_completions_standin(model, tokenizer):
     """A stand-in for a vLLM OpenAI-compatible server on 127.0.0.1 that serves ``model`` itself.
 
@@ -107,24 +151,13 @@ def openai_completions_standin(model, tokenizer):
     """
     import json
     import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
 
     import torch
 
     requests: list[dict] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _send(self, obj):
-            body = json.dumps(obj).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(JSONRequestHandler):
         def do_GET(self):
             assert self.path == "/v1/models"
             self._send({"object": "list", "data": [{"id": "tiny-served"}]})

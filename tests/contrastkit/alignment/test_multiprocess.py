@@ -12,8 +12,10 @@ import os
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+
+from contrastkit.testing import JSONRequestHandler
 
 ROOT = Path(__file__).resolve().parents[3]
 ACC = ROOT / "contrastkit" / "configs" / "accelerate"
@@ -102,22 +104,11 @@ def test_two_process_treg_trains_and_logs(tmp_path, tiny_model_dir):
     assert (out / "adapter_model.safetensors").exists()
 
 
-class _LoRAServer(BaseHTTPRequestHandler):
+class _LoRAServer(JSONRequestHandler):
     """Runtime-LoRA endpoints in memory: records loads and which adapter each completion asked for."""
 
     log: list = []
     loaded: set = set()
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, obj, code=200):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):
         self._send({"data": [{"id": "base"}]})

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 import torch
 
 from contrastkit.alignment.sampler import HFSampler, VLLMHTTPSampler, completion_mask_until_eos
 from contrastkit.errors import UsageError
+from contrastkit.testing import JSONRequestHandler, softmax_sampling_reference
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,19 +45,8 @@ def test_hf_sampler_shapes_grouping_and_padding(tiny_llama, tiny_tok):
     assert torch.equal(sampler.sample(tiny_llama, ids, mask, k=3, max_new_tokens=5)[0], out)  # seeded
 
 
-class _FakeVLLM(BaseHTTPRequestHandler):
+class _FakeVLLM(JSONRequestHandler):
     requests: list = []
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, obj):
-        body = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):
         self._send({"data": [{"id": "policy"}]})
@@ -116,25 +106,6 @@ def test_make_sampler_registry(tiny_tok):
         make_sampler("vllm_http", tiny_tok)
 
 
-def _plain_softmax_sampling(model, prompt, k, max_new_tokens, temperature, eos, pad):
-    """From-scratch reference: full forward each step, softmax(logits / T), one multinomial draw per step for the
-    whole batch (as HF draws), rows frozen to pad after their EOS, stop when every row has ended."""
-    ids = torch.tensor([prompt] * k)
-    done = torch.zeros(k, dtype=torch.bool)
-    out = []
-    for _ in range(max_new_tokens):
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[:, -1].float()
-        nxt = torch.multinomial(torch.softmax(logits / temperature, -1), num_samples=1).squeeze(1)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        out.append(nxt)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        done |= nxt == eos
-        if done.all():
-            break
-    return torch.stack(out, dim=1)
-
-
 @pytest.mark.parametrize("peft", [False, True])
 def test_hf_sampler_ignores_the_models_generation_config(tiny_tok, peft):
     """A model whose generation_config sets penalties, bans, a min length and top-k still gets samples from
@@ -157,7 +128,7 @@ def test_hf_sampler_ignores_the_models_generation_config(tiny_tok, peft):
     torch.manual_seed(11)
     got, keep = sampler.sample(model, ids, torch.ones_like(ids), k=4, max_new_tokens=8, temperature=temp)
     torch.manual_seed(11)
-    expected = _plain_softmax_sampling(model, prompt, 4, 8, temp, eos, pad)
+    expected = softmax_sampling_reference(model, prompt, 4, 8, temp, eos, pad)
     assert torch.equal(got, expected)
     assert model.generation_config.repetition_penalty == 5.0  # the model's own config is restored
     # the probe is sharp enough to see the model's config: sampling through it gives other tokens

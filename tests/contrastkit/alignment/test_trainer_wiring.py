@@ -17,6 +17,7 @@ from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 from contrastkit.alignment.configs import ContrastDPOConfig, HyPOConfig, TREGConfig  # noqa: E402
 from contrastkit.alignment.trainers import ContrastDPOTrainer, HyPOTrainer, TREGTrainer  # noqa: E402
+from contrastkit.testing import softmax_sampling_reference  # noqa: E402
 
 WORDS = "the cat dog bird saw a red blue king queen river city".split()
 BETA = 0.1
@@ -202,25 +203,6 @@ def test_hypo_step_loss_and_gradient_equal_dpo_plus_lambda_surrogate_by_hand(tmp
     assert (gen.repetition_penalty, gen.no_repeat_ngram_size, gen.num_beams) == (1.0, 0, 1)
 
 
-def plain_sampling(model, prompt, k, max_new_tokens, temperature, eos, pad):
-    """softmax(logits / T) sampling from scratch: one multinomial draw per step for the whole batch (as HF draws),
-    rows set to pad after their EOS, stop once every row has ended."""
-    ids = torch.tensor([prompt] * k)
-    done = torch.zeros(k, dtype=torch.bool)
-    out = []
-    for _ in range(max_new_tokens):
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[:, -1].float()
-        nxt = torch.multinomial(torch.softmax(logits / temperature, -1), num_samples=1).squeeze(1)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        out.append(nxt)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        done |= nxt == eos
-        if done.all():
-            break
-    return torch.stack(out, dim=1)
-
-
 def test_hypo_samples_come_from_the_policy_at_hypo_temperature(tmp_path):
     """The trainer's online samples equal, draw for draw, plain softmax(logits / T) sampling from the policy
     (adapter on) with T = hypo_temperature; the reference or T = 1 would give other samples."""
@@ -244,7 +226,7 @@ def test_hypo_samples_come_from_the_policy_at_hypo_temperature(tmp_path):
                             ("T=1", 1.0, torch.enable_grad())):
         torch.manual_seed(7)
         with ctx:
-            want[name] = plain_sampling(model, prompt, 4, 6, temp, tok.eos_token_id, tok.pad_token_id)
+            want[name] = softmax_sampling_reference(model, prompt, 4, 6, temp, tok.eos_token_id, tok.pad_token_id)
     assert torch.equal(got, want["policy"])
     assert not torch.equal(want["reference"], want["policy"]) and not torch.equal(want["T=1"], want["policy"])
 
@@ -275,7 +257,7 @@ def test_hypo_samples_contain_the_token_the_adapter_makes_certain(tmp_path):
     assert samples.shape == (6, 5) and bool((samples == x).all())
     with torch.no_grad(), model.disable_adapter():
         torch.manual_seed(0)
-        ref = plain_sampling(model, split_batch(batch)[0][0], 6, 5, 1.0, tok.eos_token_id, tok.pad_token_id)
+        ref = softmax_sampling_reference(model, split_batch(batch)[0][0], 6, 5, 1.0, tok.eos_token_id, tok.pad_token_id)
     assert not bool((ref == x).any())
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
@@ -23,6 +23,7 @@ from peft import LoraConfig  # noqa: E402
 from contrastkit.alignment.configs import HyPOConfig  # noqa: E402
 from contrastkit.alignment.trainers import HyPOTrainer  # noqa: E402
 from contrastkit.errors import UsageError  # noqa: E402
+from contrastkit.testing import JSONRequestHandler  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 R, ALPHA = 4, 8
@@ -226,19 +227,8 @@ def test_colocate_samples_reach_the_loss_masked_after_eos(tmp_path, fake_vllm_co
 
 
 # ---------------------------------------------------------------- server: HTTP endpoints + NCCL producer
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONRequestHandler):
     engine = None
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, obj, code=200):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self):
         self._send(self.engine.get(self.path.split("?")[0]))
