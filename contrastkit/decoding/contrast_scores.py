@@ -82,7 +82,9 @@ def early_exit_logprobs(
 def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon divergence between two distributions given as log-probs (sum over the vocabulary).
 
-    ``JSD = 1/2 KL(p || m) + 1/2 KL(q || m)`` with ``m = (p + q) / 2``; >= 0, symmetric, 0 iff p = q.
+    ``JSD = 1/2 KL(p || m) + 1/2 KL(q || m)`` with ``m = (p + q) / 2``; symmetric, 0 iff p = q, and
+    in ``[0, ln 2]`` (ln 2 for disjoint supports). The result is clamped to that range: fp32 rounding
+    puts saturated values up to ~1e-4 above ln 2, which would otherwise decide ties by noise.
     HF's DoLa averages over the vocabulary instead of summing: a constant 1/V factor that never
     changes which layer is selected.
 
@@ -94,7 +96,10 @@ def js_divergence(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     logm = torch.logaddexp(logp, logq) - math.log(2.0)  # (..., V), broadcasting
     kl_pm = (logp.exp() * (logp - logm)).sum(-1)
     kl_qm = (logq.exp() * (logq - logm)).sum(-1)
-    return (0.5 * (kl_pm + kl_qm)).clamp_min(0.0)
+    return (0.5 * (kl_pm + kl_qm)).clamp(0.0, LN2)
+
+
+LN2 = math.log(2.0)  # the largest possible JSD (natural log)
 
 
 def first_near_max(values: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor:
@@ -110,22 +115,31 @@ def first_near_max(values: torch.Tensor, tolerance: float = 0.0) -> torch.Tensor
 
 
 def select_premature(
-    mature: torch.Tensor, exit_logprobs: Callable[[int], torch.Tensor], n_candidates: int, tolerance: float = 0.0
+    mature: torch.Tensor, exit_logprobs: Callable[[int], torch.Tensor], n_candidates: int, tolerance: float = 0.0,
+    *, exit_logprobs_at: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DoLa's dynamic premature layer (arXiv 2309.03883 section 2.2): the bucket layer whose early-exit
     distribution has the largest JSD from the mature layer's, chosen per row and position.
 
-    This is the one implementation the decoder uses. Unlike HF (which averages the JSD over the
-    batch and uses one layer for every row) the choice is made per row, so a batch gives exactly
-    what its rows give one by one. Two passes keep at most one extra (..., V) candidate in memory:
-    the JSD of every candidate, then the first candidate within ``tolerance`` of the largest JSD
-    (:func:`first_near_max`), whose log-probs are recomputed only where some position chose it.
+    This is the one implementation the decoder and the packed scorer use. Unlike HF (which averages
+    the JSD over the batch and uses one layer for every row) the choice is made per row, so a batch
+    gives exactly what its rows give one by one. Two passes keep at most one extra (..., V)
+    candidate in memory: the JSD of every candidate, then the first candidate within ``tolerance``
+    of the largest JSD (:func:`first_near_max`), whose log-probs are recomputed only where some
+    position chose it.
+
+    Saturation shortcut (``exit_logprobs_at`` given; ours, exact): a JSD never exceeds ln 2
+    (:func:`js_divergence` clamps to it), so a position whose *first* candidate is within
+    ``tolerance`` of ln 2 selects it whatever the others give. Only the other positions evaluate
+    the remaining candidates, through ``exit_logprobs_at(i, flat_positions) -> (n, V)``. With
+    DoLa's un-normed early exits on SmolLM2 ~95% of answer positions saturate at the first candidate.
 
     Args:
         mature: (..., V) log-probs of the final layer.
         exit_logprobs: ``i -> (..., V)`` early-exit log-probs of bucket candidate ``i`` (0-based).
         n_candidates: size L of the bucket (>= 1).
         tolerance: JSDs within this of the largest count as tied; the earliest candidate wins.
+        exit_logprobs_at: ``(i, positions) -> (n, V)`` the same log-probs at flat positions (optional).
     Returns:
         ``(best, idx)``: (..., V) log-probs of the chosen candidate and (...) long indices into the bucket.
 
@@ -135,6 +149,8 @@ def select_premature(
     first = exit_logprobs(0)  # the usual winner under ties: kept, not recomputed
     if n_candidates == 1:
         return first, torch.zeros(first.shape[:-1], dtype=torch.long, device=first.device)
+    if exit_logprobs_at is not None:
+        return _select_premature_open(mature, first, exit_logprobs_at, n_candidates, tolerance)
     jsd = [js_divergence(mature, first)] + [js_divergence(mature, exit_logprobs(i)) for i in range(1, n_candidates)]
     idx = first_near_max(torch.stack(jsd), tolerance)  # (...)
     best = first
@@ -143,6 +159,27 @@ def select_premature(
         if i != 0:
             best = torch.where((idx == i)[..., None], exit_logprobs(i), best)
     return best, idx
+
+
+def _select_premature_open(mature, first, exit_logprobs_at, n_candidates, tolerance):
+    """:func:`select_premature` evaluating candidates 1.. only where candidate 0 is not provably chosen."""
+    V = mature.shape[-1]
+    jsd0 = js_divergence(mature, first).reshape(-1)  # (P,)
+    idx = torch.zeros(jsd0.shape, dtype=torch.long, device=first.device)
+    # positions where another candidate can win (1e-6: margin for fp32 rounding of ln 2 and of the subtraction)
+    open_ = (jsd0 < LN2 - tolerance + 1e-6).nonzero().squeeze(-1)
+    best = first
+    if open_.numel():
+        m = mature.reshape(-1, V)[open_]
+        cands = [first.reshape(-1, V)[open_]] + [exit_logprobs_at(i, open_) for i in range(1, n_candidates)]
+        jsd = torch.stack([jsd0[open_]] + [js_divergence(m, c) for c in cands[1:]])  # (L, n_open)
+        pick = first_near_max(jsd, tolerance)  # (n_open,)
+        idx[open_] = pick
+        chosen = torch.stack(cands).gather(0, pick[None, :, None].expand(1, -1, V)).squeeze(0)  # (n_open, V)
+        best = first.reshape(-1, V).clone()
+        best[open_] = chosen
+        best = best.reshape(first.shape)
+    return best, idx.reshape(first.shape[:-1])
 
 
 def fused_contrast_scores(

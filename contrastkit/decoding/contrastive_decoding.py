@@ -171,19 +171,25 @@ class _Group:
     cache: Any = None
 
 
-class ContrastSession:
-    """The expert / amateur / refocus streams of one batch, stepped together; yields fused scores."""
+class ContrastFuser:
+    """Per-token fused scores of the family from each stream's final logits and hidden states (no forward).
 
-    def __init__(self, model, cfg, amateur: Amateur, input_ids, attention_mask, *, full: bool = False,
-                 external_expert: bool = False):
-        self.model, self.cfg, self.amateur, self.full = model, cfg, amateur, full
-        B, self.T = input_ids.shape
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+    ``fuse(res, alpha)`` takes ``res[stream] = (logits (..., V), hidden_states or None)`` for the
+    streams ``expert``, ``amateur`` (unless DoLa) and ``refocus`` (when gamma != 0), where
+    ``hidden_states[j]`` is the residual state after block ``j`` (only the indices in
+    :attr:`layers` are read, and only for the streams in :meth:`needs_hidden`). Used by the
+    decoding loop (:class:`ContrastSession`) and by packed multiple-choice scoring
+    (:mod:`contrastkit.eval.packed_contrast`), so both compute the one rule.
+    """
+
+    saturation_shortcut = False  # select_premature's exact shortcut (the packed scorer turns it on)
+
+    def __init__(self, model, cfg, amateur: Amateur):
+        self.model, self.cfg, self.amateur = model, cfg, amateur
         self.layers, self.N = model_layers(model, cfg.lower_layer), num_layers(model)
         if amateur.kind == "none" and not self.layers:
             raise UsageError("this strategy needs amateur= (an adapter dir, a model path or a model), "
                              "or lower_layer for DoLa")
-        use_low = amateur.kind == "none" or cfg.lower_weight != 0
         if amateur.kind == "model" and cfg.lower_weight != 0 and num_layers(amateur.model) != self.N:
             raise UsageError(f"lower_weight needs an amateur with the expert's {self.N} layers, got "
                              f"{num_layers(amateur.model)}; use lower_weight=0 for a smaller amateur (CD)")
@@ -191,13 +197,77 @@ class ContrastSession:
         a_model = amateur.model if amateur.kind == "model" else model
         self.a_head = a_model.get_output_embeddings()
         self.a_norm = final_norm(a_model) if cfg.final_norm and amateur.kind != "none" else None
+
+    def needs_hidden(self) -> dict[str, bool]:
+        """Which streams' lower-layer hidden states :meth:`fuse` reads."""
+        use_low = self.amateur.kind == "none" or self.cfg.lower_weight != 0
+        return {"expert": bool(self.layers) and use_low, "amateur": self.cfg.lower_weight != 0, "refocus": False}
+
+    def streams(self) -> list[str]:
+        names = ["expert"]
+        if self.amateur.kind != "none":
+            names.append("amateur")
+        if self.cfg.refocus_weight != 0:
+            names.append("refocus")
+        return names
+
+    def _premature(self, E, hidden):
+        """Expert early-exit log-probs at the JSD-selected bucket layer (per row/position) and its index."""
+        def exit_lp(i):
+            j = self.layers[i]
+            return early_exit_logprobs(hidden[j], self.head, self.norm if j < self.N else None)
+
+        def exit_lp_at(i, positions):  # the same at flat positions only (select_premature's shortcut)
+            j = self.layers[i]
+            h = hidden[j].reshape(-1, hidden[j].shape[-1])[positions]
+            return early_exit_logprobs(h, self.head, self.norm if j < self.N else None)
+
+        at = exit_lp_at if self.saturation_shortcut else None
+        return select_premature(E, exit_lp, len(self.layers), self.cfg.jsd_tolerance, exit_logprobs_at=at)
+
+    def _amateur_low(self, hidden, idx):
+        stack = torch.stack([hidden[j] for j in self.layers])  # (L, B, t, d)
+        h = stack.gather(0, idx[None, ..., None].expand(1, *stack.shape[1:])).squeeze(0)  # (B, t, d)
+        if self.a_norm is not None:
+            below = torch.tensor(self.layers, device=idx.device)[idx] < self.N  # (B, t)
+            h = torch.where(below[..., None], self.a_norm(h), h)
+        return logprobs(self.a_head(h), self.cfg.amateur_temperature)
+
+    def fuse(self, res, alpha):
+        """(fused scores, expert log-probs), both (..., V); fused is ``-inf`` off the plausibility head."""
+        cfg = self.cfg
+        E = logprobs(res["expert"][0])
+        R = logprobs(res["refocus"][0]) if "refocus" in res else None
+        low = {}
+        if self.amateur.kind == "none":
+            A, _ = self._premature(E, res["expert"][1])
+            lower_weight = 0.0
+        else:
+            A, lower_weight = logprobs(res["amateur"][0], cfg.amateur_temperature), cfg.lower_weight
+            if lower_weight != 0:
+                E_low, idx = self._premature(E, res["expert"][1])
+                low = dict(expert_low=E_low, amateur_low=self._amateur_low(res["amateur"][1], idx))
+        fused = fused_contrast_scores(E, A, refocus=R, lower_weight=lower_weight, refocus_weight=cfg.refocus_weight,
+                                      amateur_weight=cfg.amateur_weight, alpha=alpha, **low)
+        return fused, E
+
+
+class ContrastSession(ContrastFuser):
+    """The expert / amateur / refocus streams of one batch, stepped together; yields fused scores."""
+
+    def __init__(self, model, cfg, amateur: Amateur, input_ids, attention_mask, *, full: bool = False,
+                 external_expert: bool = False):
+        super().__init__(model, cfg, amateur)
+        self.full = full
+        B, self.T = input_ids.shape
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
         inputs = {} if external_expert else {"expert": (input_ids, mask)}  # external: a LogitsProcessor's host
         if amateur.kind != "none":
             inputs["amateur"] = (input_ids, mask)
         if cfg.refocus_weight != 0:
             instr = instruction_ids(model, cfg, input_ids.device)[None].expand(B, -1)  # (B, L)
             inputs["refocus"] = (torch.cat([instr, input_ids], 1), torch.cat([torch.ones_like(instr), mask], 1))
-        hidden = {"expert": bool(self.layers) and use_low, "amateur": cfg.lower_weight != 0, "refocus": False}
+        hidden = self.needs_hidden()
         names = list(inputs)
         if amateur.kind == "adapter" and cfg.mixed_batch and not external_expert and len(names) > 1:
             adapter = {"expert": BASE, "refocus": BASE, "amateur": amateur.adapter_name}
@@ -246,46 +316,13 @@ class ContrastSession:
             res.update(self._forward(g, ids))
         return res
 
-    def _premature(self, E, hidden):
-        """Expert early-exit log-probs at the JSD-selected bucket layer (per row/position) and its index."""
-        def exit_lp(i):
-            j = self.layers[i]
-            return early_exit_logprobs(hidden[j], self.head, self.norm if j < self.N else None)
-
-        return select_premature(E, exit_lp, len(self.layers), self.cfg.jsd_tolerance)
-
-    def _amateur_low(self, hidden, idx):
-        stack = torch.stack([hidden[j] for j in self.layers])  # (L, B, t, d)
-        h = stack.gather(0, idx[None, ..., None].expand(1, *stack.shape[1:])).squeeze(0)  # (B, t, d)
-        if self.a_norm is not None:
-            below = torch.tensor(self.layers, device=idx.device)[idx] < self.N  # (B, t)
-            h = torch.where(below[..., None], self.a_norm(h), h)
-        return logprobs(self.a_head(h), self.cfg.amateur_temperature)
-
-    def _fuse(self, res, alpha):
-        cfg = self.cfg
-        E = logprobs(res["expert"][0])
-        R = logprobs(res["refocus"][0]) if "refocus" in res else None
-        low = {}
-        if self.amateur.kind == "none":
-            A, _ = self._premature(E, res["expert"][1])
-            lower_weight = 0.0
-        else:
-            A, lower_weight = logprobs(res["amateur"][0], cfg.amateur_temperature), cfg.lower_weight
-            if lower_weight != 0:
-                E_low, idx = self._premature(E, res["expert"][1])
-                low = dict(expert_low=E_low, amateur_low=self._amateur_low(res["amateur"][1], idx))
-        fused = fused_contrast_scores(E, A, refocus=R, lower_weight=lower_weight, refocus_weight=cfg.refocus_weight,
-                                      amateur_weight=cfg.amateur_weight, alpha=alpha, **low)
-        return fused, E
-
     @torch.no_grad()
     def prefill(self, expert=None):
         """Run every stream on its context; ``expert`` = (logits, hidden_states) when computed elsewhere."""
         res = self._run()
         if expert is not None:
             res["expert"] = expert
-        fused, E = self._fuse(res, self.cfg.alpha)
+        fused, E = self.fuse(res, self.cfg.alpha)
         return fused[:, -1], E[:, -1]
 
     @torch.no_grad()
@@ -294,7 +331,7 @@ class ContrastSession:
         res = self._run(next_tokens)
         if expert is not None:
             res["expert"] = expert
-        fused, E = self._fuse(res, self.cfg.alpha)
+        fused, E = self.fuse(res, self.cfg.alpha)
         return fused[:, -1], E[:, -1]
 
     def expand(self, n: int) -> None:
@@ -323,12 +360,12 @@ class ContrastSession:
                 res[name] = (lg, hs)
         else:
             res = {name: (lg.expand(n, -1, -1), h and [x.expand(n, -1, -1) for x in h]) for name, (lg, h) in res.items()}
-        fused, _ = self._fuse(res, self.cfg.score_alpha)  # (n, k, V)
+        fused, _ = self.fuse(res, self.cfg.score_alpha)  # (n, k, V)
         return fused.gather(-1, cont_ids[..., None]).squeeze(-1)
 
     @torch.no_grad()
     def score_sequences(self, input_ids) -> torch.Tensor:
-        fused, _ = self._fuse(self._run(), self.cfg.score_alpha)  # (B, T, V)
+        fused, _ = self.fuse(self._run(), self.cfg.score_alpha)  # (B, T, V)
         return fused[:, :-1].gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
 
 

@@ -37,7 +37,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -327,23 +327,43 @@ class PrefixCachedScorer:
         self.device = next(model.parameters()).device
         self._prefix: list[int] = []
         self._cache = None
+        self._stream_caches: dict[tuple, Any] = {}  # (stream key) -> primer cache of self._prefix
         self._packed = packed  # None = decide from the model and cache (tree.tree_supported, head_is_linear)
 
-    def packed_supported(self, cache=None) -> bool:
+    def packed_supported(self, cache=None, rule=None) -> bool:
         """True when the packed path gives the unpacked scores: see :func:`packed_unsupported_reason`."""
         if self._packed is not None:
             return self._packed
-        return packed_unsupported_reason(self.model, cache) is None
+        if packed_unsupported_reason(self.model, cache) is not None:
+            return False
+        return rule is None or rule.unsupported_reason() is None
 
     def _prefix_cache(self, prefix: list[int]):
         if prefix != self._prefix or self._cache is None:
             ids = torch.tensor([prefix], device=self.device)
             out = self.model(input_ids=ids, use_cache=True)
             self._prefix, self._cache = list(prefix), out.cache
+            self._stream_caches = {}
         return self._cache
 
+    def _stream_cache(self, stream, n_prefix: int):
+        """The primer cache of one stream of a contrast rule (offset tokens + the primer), kept per stream."""
+        if stream.key == ("expert",):
+            return self._cache if n_prefix > 0 else None
+        if stream.key not in self._stream_caches:
+            ids = stream.offset_ids + self._prefix[:n_prefix]
+            if not ids:
+                return None
+            with stream.switch():
+                out = stream.body(input_ids=torch.tensor([ids], device=self.device),
+                                  position_ids=torch.arange(len(ids), device=self.device)[None], use_cache=True)
+            self._stream_caches[stream.key] = out.cache
+        return self._stream_caches[stream.key]
+
     @torch.no_grad()
-    def score(self, contexts: Sequence[str], continuations: Sequence[Sequence[str]]) -> list[list[float]]:
+    def score(self, contexts: Sequence[str], continuations: Sequence[Sequence[str]], rule=None) -> list[list[float]]:
+        """Summed scores of each continuation: log-probs, or with ``rule`` (a
+        :class:`contrastkit.eval.packed_contrast.PackedContrastRule`) the fused contrast scores."""
         from contrastkit.decoding.scoring import encode_pair
 
         pairs = [[encode_pair(self.tok, c, x) for x in conts] for c, conts in zip(contexts, continuations)]
@@ -359,11 +379,13 @@ class PrefixCachedScorer:
             n_prefix = k  # the cached primer still prefixes every context: keep it (no recompute per chunk)
         cache = self._prefix_cache(ctx_ids[0][:n_prefix]) if n_prefix > 0 else None
         conts = [[p[1] for p in ps] for ps in pairs]
-        if self.packed_supported(cache):
-            return self._score_packed(ctx_ids, conts, n_prefix, cache)
+        if self.packed_supported(cache, rule):
+            return self._score_packed(ctx_ids, conts, n_prefix, cache, rule)
+        if rule is not None:
+            raise UsageError("packed contrast scoring is not exact for this model; score with contrastkit.score")
         return [self._score_one(ctx, cs, n_prefix, cache) for ctx, cs in zip(ctx_ids, conts)]
 
-    def _score_packed(self, ctx_ids, conts, n_prefix: int, cache) -> list[list[float]]:
+    def _score_packed(self, ctx_ids, conts, n_prefix: int, cache, rule=None) -> list[list[float]]:
         from contrastkit.eval.packing import build_segment, pack_rows, row_batch
 
         segments = [build_segment(c, cs, n_prefix) for c, cs in zip(ctx_ids, conts)]
@@ -372,12 +394,16 @@ class PrefixCachedScorer:
         totals = [[0.0] * len(cs) for cs in conts]
         for start in range(0, len(rows), self.rows_per_forward):
             batch = row_batch(segments, rows[start:start + self.rows_per_forward], pad_id)
-            for (s, a), v in zip(batch.answers, self._forward_packed(batch, n_prefix, cache).tolist()):
+            if rule is None:
+                sums = self._forward_packed(batch, n_prefix, cache)
+            else:
+                sums = self._forward_packed_rule(batch, n_prefix, rule)
+            for (s, a), v in zip(batch.answers, sums.tolist()):
                 totals[s][a] = v
         return totals
 
-    def _forward_packed(self, batch, n_prefix: int, cache) -> torch.Tensor:
-        """One body forward over the packed rows; returns each answer's summed log-prob (float64)."""
+    def _run_body(self, body, batch, n_prefix: int, cache, offset: int = 0, hidden: bool = False):
+        """One body forward over the packed rows after a primer cache of ``n_prefix + offset`` tokens."""
         from contrastkit.decoding.tree import sdpa_gqa
 
         R, L = batch.input_ids.shape
@@ -385,12 +411,17 @@ class PrefixCachedScorer:
         if cache is not None:
             kv = copy.deepcopy(cache)
             kv.batch_repeat_interleave(R)
-        mask = batch.additive_mask(n_prefix, self.model.dtype).to(self.device)
-        inner, body = unwrap_causal_lm(self.model)
+        mask = batch.additive_mask(n_prefix + offset, self.model.dtype).to(self.device)
         with sdpa_gqa():
-            hidden = body(
-                input_ids=batch.input_ids.to(self.device), position_ids=batch.position_ids.to(self.device),
-                attention_mask=mask, cache=kv, use_cache=kv is not None).last_hidden_state
+            return body(input_ids=batch.input_ids.to(self.device),
+                        position_ids=(batch.position_ids + offset).to(self.device), attention_mask=mask, cache=kv,
+                        use_cache=kv is not None, output_hidden_states=hidden)
+
+    def _forward_packed(self, batch, n_prefix: int, cache) -> torch.Tensor:
+        """One body forward over the packed rows; returns each answer's summed log-prob (float64)."""
+        R, L = batch.input_ids.shape
+        inner, body = unwrap_causal_lm(self.model)
+        hidden = self._run_body(body, batch, n_prefix, cache).last_hidden_state
         flat = hidden.reshape(R * L, -1)
         read_index, read_token = batch.read_index.to(self.device), batch.read_token.to(self.device)
         rows, inv = torch.unique(read_index, return_inverse=True)  # each scoring token's head runs once
@@ -406,6 +437,33 @@ class PrefixCachedScorer:
             logprob[sel] = logprobs[inv[sel] - s, read_token[sel]].double()
         totals = torch.zeros(len(batch.answers), dtype=torch.float64, device=self.device)
         return totals.index_add_(0, batch.read_answer.to(self.device), logprob)
+
+    def _forward_packed_rule(self, batch, n_prefix: int, rule) -> torch.Tensor:
+        """Every stream of ``rule`` over the packed rows; each answer's summed fused score (float64).
+
+        Only the read positions' states are kept (final and, where the rule reads them, the lower
+        layers); the heads and the fuse run on those, in slabs.
+        """
+        R, L = batch.input_ids.shape
+        read_index, read_token = batch.read_index.to(self.device), batch.read_token.to(self.device)
+        rows, inv = torch.unique(read_index, return_inverse=True)
+        states = {}
+        for stream in rule.streams:
+            primer = self._stream_cache(stream, n_prefix)  # before the switch: switches do not nest
+            with stream.switch():
+                out = self._run_body(stream.body, batch, n_prefix, primer, len(stream.offset_ids), stream.hidden)
+            final = out.last_hidden_state.reshape(R * L, -1)[rows]  # (U, d)
+            low = {j: out.hidden_states[j].reshape(R * L, -1)[rows] for j in rule.layers} if stream.hidden else {}
+            states[stream.name] = (final, low)
+        score = torch.empty(read_index.shape, dtype=torch.float64, device=self.device)
+        slab = 128  # read positions per fuse: several (S, V) tensors are held at once
+        for s in range(0, rows.shape[0], slab):
+            sel = ((inv >= s) & (inv < s + slab)).nonzero().squeeze(-1)
+            part = {k: (f[s:s + slab], {j: h[s:s + slab] for j, h in low.items()}) for k, (f, low) in states.items()}
+            fused = rule.fused_scores(part)  # (S, V): once per position, however many answers read it
+            score[sel] = fused[inv[sel] - s, read_token[sel]].double()
+        totals = torch.zeros(len(batch.answers), dtype=torch.float64, device=self.device)
+        return totals.index_add_(0, batch.read_answer.to(self.device), score)
 
     def _score_one(self, ctx: list[int], conts: list[list[int]], n_prefix: int, prefix_cache) -> list[float]:
         suffix = torch.tensor([ctx[n_prefix:]], device=self.device)
@@ -444,16 +502,29 @@ def is_plain(strategy) -> bool:
 
 
 def score_answers(model, tokenizer, contexts: Sequence[str], answers: Sequence[Sequence[str]], strategy="greedy", *,
-                  batch_size: int = 32, cached_scorer: PrefixCachedScorer | None = None, **params) -> list[list[float]]:
-    """Summed per-token scores of each answer list given its context under ``strategy``'s rule."""
+                  batch_size: int = 32, cached_scorer: PrefixCachedScorer | None = None, packed: bool = True,
+                  **params) -> list[list[float]]:
+    """Summed per-token scores of each answer list given its context under ``strategy``'s rule.
+
+    Plain rules and the contrast family (cd/icd/dola/lol, :mod:`contrastkit.eval.packed_contrast`)
+    use the packed prefix-trie scorer where it is exact for the model; ``packed=False`` (or any
+    other rule) scores through :func:`contrastkit.score`.
+    """
     from contrastkit.decoding.base import get_strategy
     from contrastkit.decoding.scoring import score
+
+    from contrastkit.eval.packed_contrast import packed_rule
 
     strat = get_strategy(strategy)
     if is_plain(strat):  # plain log-prob rule: the strategy's own parameters do not change scores
         strat.make_config(**params)
         scorer = cached_scorer or PrefixCachedScorer(model, tokenizer, batch_size=batch_size)
         return scorer.score(contexts, answers)
+    rule = packed_rule(model, tokenizer, strat, params)
+    if rule is not None and packed:
+        scorer = cached_scorer or PrefixCachedScorer(model, tokenizer, batch_size=batch_size)
+        if scorer.packed_supported(None, rule):  # the contrast family on the packed layout
+            return scorer.score(contexts, answers, rule=rule)
     scored = score(model, tokenizer, list(contexts), [list(a) for a in answers], strat, batch_size=batch_size,
                    **params)
     return [[s.total for s in row] for row in scored]

@@ -81,7 +81,7 @@ def fused_full(model, tok, prompts, alpha, **params):
     from contrastkit.decoding.amateur import resolve_amateur
 
     s = ContrastSession(model, cfg, resolve_amateur(model, cfg.amateur), ids, mask, full=True)
-    return s._fuse(s._run(), alpha)[0], ids, mask
+    return s.fuse(s._run(), alpha)[0], ids, mask
 
 
 def test_lol_with_zero_weights_is_icd(models, tiny_tok):
@@ -154,7 +154,7 @@ def test_incremental_steps_equal_full_recompute(models, tiny_tok):
     from contrastkit.decoding.amateur import resolve_amateur
 
     s = ContrastSession(E, cfg, resolve_amateur(E, A), ids, mask, full=True)
-    fused = s._fuse(s._run(), 0.1)[0]  # (B, T, V)
+    fused = s.fuse(s._run(), 0.1)[0]  # (B, T, V)
     for b, r in enumerate(out):
         T = ids.shape[1]
         n = len(r.token_ids)

@@ -1,0 +1,110 @@
+"""TruthfulQA MC under the contrast rules: packed scoring time per rule vs the plain rule, and exactness.
+
+All rules run in one process on the same questions, chunked as the eval runner does (``--chunk``
+questions per scorer call, default 32 = ``TruthfulQAMC.default_chunk_size``), each with one untimed
+warm-up call that computes the primer caches and loads the amateur:
+
+* ``plain``: log-probs through the packed prefix-trie scorer (the baseline of the ratios);
+* ``icd``: expert - amateur (the adapter from ``contrastkit train induce``), both streams packed;
+* ``dola``: expert - its JSD-selected premature layer (preset ``high`` bucket), early exits only
+  at answer positions;
+* ``lol``: icd + lambda x lower-layer contrast + gamma x refocus stream (preset defaults).
+
+Exactness: on the first ``--check_n`` questions each rule is also scored by the unpacked path
+(``contrastkit.score``, its shared-prompt batches), and the table gives max |packed - unpacked|
+and the largest difference relative to the score's size. DoLa's and LOL's early exits skip the
+final norm, so their per-token scores run to hundreds of nats and fp32 rounding alone moves them
+by ~1e-7 x that; the ``unpacked self`` column is the unpacked path against itself with another
+batch layout (``batch_size=1``), the noise floor any layout change has.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/truthfulqa_mc_contrast.py --amateur /work/runs/amateur \\
+        --limit 817 --check_n 16 --json /tmp/tqa_contrast.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "truthfulqa" / "hub_013686a" / "mc_task.json"
+TARGETS = {"plain": 1.0, "icd": 3.0, "dola": 2.0, "lol": 4.0}  # issue 10: times the plain rule's time
+
+
+def max_diff(a, b):
+    abs_d = max(abs(x - y) for r1, r2 in zip(a, b) for x, y in zip(r1, r2))
+    rel_d = max(abs(x - y) / max(1.0, abs(y)) for r1, r2 in zip(a, b) for x, y in zip(r1, r2))
+    return abs_d, rel_d
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--amateur", required=True, help="amateur for icd/lol (an adapter dir from `contrastkit train induce`)")
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--limit", type=int, default=64, help="questions (the first N of the file)")
+    p.add_argument("--chunk", type=int, default=32, help="questions per scorer call (the runner's chunk)")
+    p.add_argument("--check_n", type=int, default=8, help="questions also scored unpacked (0 = skip)")
+    p.add_argument("--rules", nargs="*", default=["plain", "icd", "dola", "lol"])
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from contrastkit.eval.truthfulqa import PrefixCachedScorer, build_context, load_truthfulqa, score_answers
+    from contrastkit.models import load_model
+
+    model, tok = load_model(args.model)
+    items = load_truthfulqa(args.data)[: args.limit]
+    contexts = [build_context(it.question) for it in items]
+    answers = [[" " + a for a in it.answers()] for it in items]
+    specs = {"plain": ("greedy", {}), "icd": ("icd", {"amateur": args.amateur}), "dola": ("dola", {}),
+             "lol": ("lol", {"amateur": args.amateur})}
+    rows, result = [], {"questions": len(items), "answers": sum(map(len, answers)), "chunk": args.chunk,
+                        "threads": torch.get_num_threads(), "rows": []}
+    for name in args.rules:
+        strategy, params = specs[name]
+        scorer = PrefixCachedScorer(model, tok)
+        score_answers(model, tok, contexts[:1], answers[:1], strategy, cached_scorer=scorer, **params)  # warm-up
+        t0 = time.perf_counter()
+        packed = [row for s in range(0, len(items), args.chunk)
+                  for row in score_answers(model, tok, contexts[s:s + args.chunk], answers[s:s + args.chunk],
+                                           strategy, cached_scorer=scorer, **params)]
+        wall = time.perf_counter() - t0
+        row = {"rule": name, "wall_s": wall, "questions_per_s": len(items) / wall}
+        if args.check_n and name != "plain":
+            n = args.check_n
+            unpacked = score_answers(model, tok, contexts[:n], answers[:n], strategy, packed=False, **params)
+            again = score_answers(model, tok, contexts[:n], answers[:n], strategy, packed=False, batch_size=1,
+                                  **params)
+            row["max_abs_diff"], row["max_rel_diff"] = max_diff(packed[:n], unpacked)
+            row["unpacked_self_abs"], row["unpacked_self_rel"] = max_diff(again, unpacked)
+            row["max_abs_score"] = max(abs(x) for r in unpacked for x in r)
+        row["scores"] = packed
+        rows.append(row)
+        print(f"{name}: {wall:.1f} s", flush=True)
+    base = next((r["wall_s"] for r in rows if r["rule"] == "plain"), None)
+    print(f"\n{len(items)} questions, {result['answers']} answers, model {args.model}, amateur {args.amateur}, "
+          f"torch threads {result['threads']}, chunk {args.chunk}; exactness on the first {args.check_n}")
+    print("| rule | wall s | questions/s | x plain | target | max abs diff vs unpacked | max rel diff | "
+          "unpacked self (abs / rel) | largest |score| |\n|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = r["wall_s"] / base if base else float("nan")
+        r["x_plain"] = ratio
+        ex = (f"{r['max_abs_diff']:.1e} | {r['max_rel_diff']:.1e} | {r['unpacked_self_abs']:.1e} / "
+              f"{r['unpacked_self_rel']:.1e} | {r['max_abs_score']:.0f}") if "max_abs_diff" in r else "- | - | - | -"
+        print(f"| {r['rule']} | {r['wall_s']:.1f} | {r['questions_per_s']:.2f} | {ratio:.2f}x | "
+              f"<= {TARGETS[r['rule']]:.0f}x | {ex} |")
+        result["rows"].append(r)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
