@@ -49,39 +49,102 @@ def mc_of(q, totals: dict[str, float]) -> dict:
                       q.mc2_labels)
 
 
-def scores(model, tok, items, strategy, batch_size, **params) -> list[dict[str, float]]:
-    """Per question: {answer: summed score} under ``strategy`` (one score call per question)."""
-    from contrastkit.eval.truthfulqa import build_context, score_answers
+def scores(model, tok, items, strategy, batch_size, chunk: int = 32, **params) -> list[dict[str, float]]:
+    """Per question: {answer: summed score} under ``strategy`` (``chunk`` questions per packed score call)."""
+    from contrastkit.eval.truthfulqa import PrefixCachedScorer, build_context, score_answers
 
+    scorer = PrefixCachedScorer(model, tok, batch_size=batch_size)
     out = []
-    for q in items:
-        answers = q.answers()
-        row = score_answers(model, tok, [build_context(q.question)], [[" " + a for a in answers]], strategy,
-                            batch_size=batch_size, **params)[0]
-        out.append(dict(zip(answers, row)))
+    for s in range(0, len(items), chunk):
+        qs = items[s:s + chunk]
+        rows = score_answers(model, tok, [build_context(q.question) for q in qs],
+                             [[" " + a for a in q.answers()] for q in qs], strategy, batch_size=batch_size,
+                             cached_scorer=scorer, **params)
+        out.extend(dict(zip(q.answers(), row)) for q, row in zip(qs, rows))
     return out
 
 
-def components(model, tok, items, args, layers, norms, log) -> dict:
-    """S_icd, S_low[(j, norm)] and S_ref per question and answer (see the module docstring)."""
-    base = dict(amateur=args.amateur, refocus_weight=0.0, lower_weight=0.0)
+class ComponentsRule:
+    """One packed pass that yields every grid component per answer token (duck-types PackedContrastRule).
+
+    Components, in order: ``E - A`` (S_icd), ``R - E`` (S_ref), then for each (j, final_norm) of the
+    grid ``E_j - A_j`` (S_low), computed as :class:`contrastkit.decoding.contrastive_decoding.ContrastFuser`
+    does for ``lol`` with ``lower_layer=j`` (a single layer: no JSD choice) and amateur_weight 1.
+    """
+
+    def __init__(self, model, tok, amateur, layers, norms):
+        from contrastkit.decoding.amateur import final_norm, num_layers
+        from contrastkit.decoding.base import get_strategy
+        from contrastkit.eval.packed_contrast import packed_rule
+
+        self.inner = packed_rule(model, tok, get_strategy("lol"), dict(
+            amateur=amateur, lower_layer=",".join(map(str, layers)), lower_weight=1.0, refocus_weight=1.0))
+        self.streams, self.layers = self.inner.streams, self.inner.layers
+        self.keys = [(j, n) for j in layers for n in norms]
+        self.N = num_layers(model)
+        self.norm = final_norm(model)
+        am = self.inner.fuser.amateur
+        self.a_norm = final_norm(am.model if am.kind == "model" else model)
+        self.a_head = self.inner.fuser.a_head
+
+    def unsupported_reason(self):
+        return self.inner.unsupported_reason()
+
+    def fused_scores(self, states):
+        import torch
+
+        def lsm(x):
+            return torch.log_softmax(x.float(), dim=-1)
+
+        st = {s.name: s for s in self.streams}
+        logits = {}
+        for name, s in st.items():
+            with s.switch():
+                logits[name] = s.inner.get_output_embeddings()(states[name][0])
+        E, A, R = lsm(logits["expert"]), lsm(logits["amateur"]), lsm(logits["refocus"])
+        out = [E - A, R - E]
+        head = st["expert"].inner.get_output_embeddings()
+        for j, n in self.keys:
+            he, ha = states["expert"][1][j], states["amateur"][1][j]
+            if n and j < self.N:
+                he, ha = self.norm(he), self.a_norm(ha)
+            out.append(lsm(head(he)) - lsm(self.a_head(ha)))
+        return out
+
+
+def components(model, tok, items, args, layers, norms, log, chunk: int = 32) -> dict:
+    """S_icd, S_low[(j, norm)] and S_ref per question and answer, all from one packed pass."""
+    from contrastkit.eval.truthfulqa import PrefixCachedScorer, build_context
+
+    rule = ComponentsRule(model, tok, args.amateur, layers, norms)
+    scorer = PrefixCachedScorer(model, tok, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    icd = scores(model, tok, items, "lol", args.batch_size, **base)
-    log(f"  S_icd: {time.perf_counter() - t0:.0f} s")
-    low = {}
-    for j, norm in itertools.product(layers, norms):
-        t0 = time.perf_counter()
-        tot = scores(model, tok, items, "lol", args.batch_size, **dict(base, lower_weight=1.0, lower_layer=str(j),
-                                                                      final_norm=norm))
-        low[f"{j}|{norm}"] = [{a: t[a] - i[a] for a in i} for t, i in zip(tot, icd)]
-        log(f"  S_low(j={j}, final_norm={norm}): {time.perf_counter() - t0:.0f} s")
-    ref = None
-    if args.gammas != [0.0]:
-        t0 = time.perf_counter()
-        tot = scores(model, tok, items, "lol", args.batch_size, **dict(base, refocus_weight=1.0))
-        ref = [{a: t[a] - i[a] for a in i} for t, i in zip(tot, icd)]
-        log(f"  S_ref: {time.perf_counter() - t0:.0f} s")
-    return {"icd": icd, "low": low, "ref": ref}
+    per_q = []
+    for s in range(0, len(items), chunk):
+        qs = items[s:s + chunk]
+        rows = scorer.score([build_context(q.question) for q in qs], [[" " + a for a in q.answers()] for q in qs],
+                            rule=rule)
+        per_q.extend(dict(zip(q.answers(), row)) for q, row in zip(qs, rows))
+        log(f"  components: {min(s + chunk, len(items))}/{len(items)} questions, {time.perf_counter() - t0:.0f} s")
+    comp = {"icd": [{a: v[0] for a, v in q.items()} for q in per_q],
+            "ref": [{a: v[1] for a, v in q.items()} for q in per_q],
+            "low": {f"{j}|{n}": [{a: v[2 + k] for a, v in q.items()} for q in per_q]
+                    for k, (j, n) in enumerate(rule.keys)}}
+    # the one-pass components against the lol strategy itself (packed), on a few questions and grid points
+    check = items[:min(4, len(items))]
+    worst = 0.0
+    for j, n in rule.keys[:2]:
+        direct = scores(model, tok, check, "lol", args.batch_size, amateur=args.amateur, lower_layer=str(j),
+                        final_norm=n, lower_weight=0.5, refocus_weight=0.25)
+        for q, d in enumerate(direct):
+            for a, v in d.items():
+                want = comp["icd"][q][a] + 0.5 * comp["low"][f"{j}|{n}"][q][a] + 0.25 * comp["ref"][q][a]
+                worst = max(worst, abs(v - want) / max(1.0, abs(v)))
+    comp["check_max_rel_diff"] = worst
+    log(f"  components vs the lol strategy (4 questions, 2 grid points): max rel diff {worst:.1e}")
+    if worst > 1e-3:  # fp32 noise is ~1e-5 relative; a wrong component is off by O(1)
+        raise SystemExit(f"one-pass components disagree with the lol strategy (max rel diff {worst:.1e})")
+    return comp
 
 
 def combine(comp, key, lam, gam) -> list[dict[str, float]]:
@@ -136,10 +199,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DEFAULT_DATA), help="817-question mc_task.json")
     p.add_argument("--dev_n", type=int, default=24, help="first N dev questions (0 = skip selection)")
     p.add_argument("--test_n", type=int, default=40, help="first N test questions (0 = skip the test phase)")
-    p.add_argument("--layers", default="8,15,23", help="lower layers j (hidden_states index) in the grid")
+    p.add_argument("--layers", default="4,8,15,23", help="lower layers j (hidden_states index) in the grid")
     p.add_argument("--final_norm", default="false,true", help="final_norm values in the grid")
-    p.add_argument("--lambdas", type=floats, default=floats("0,0.25,0.5,1"))
-    p.add_argument("--gammas", type=floats, default=floats("0,0.25,0.5,1"))
+    p.add_argument("--lambdas", type=floats, default=floats("0,0.25,0.5,1,2"))
+    p.add_argument("--gammas", type=floats, default=floats("0,0.25,0.5,1,2"))
     p.add_argument("--select_from", default=None, help="JSON of an earlier selection run (its 'selected')")
     p.add_argument("--lol", default=None, help="test lol with these settings instead of a selection: "
                    "LAYER,FINAL_NORM,LAMBDA,GAMMA (e.g. the shipped defaults 15,false,0.5,0.5)")
@@ -170,8 +233,11 @@ def main(argv=None) -> int:
         dev = items[DEV[0]:DEV[0] + args.dev_n]
         log(f"dev: {len(dev)} questions")
         norms = [x.strip().lower() == "true" for x in args.final_norm.split(",")]
+        t_dev = time.perf_counter()
         comp = components(model, tok, dev, args, [int(j) for j in args.layers.split(",")], norms, log)
         rows = grid(comp, dev, args)
+        report["dev_seconds"] = time.perf_counter() - t_dev
+        report["components_check_max_rel_diff"] = comp["check_max_rel_diff"]
         rows.sort(key=lambda r: (-r["mc2"], r["lower_weight"] + r["refocus_weight"]))
         chosen = rows[0]
         report.update(dev_n=len(dev), grid=rows, selected=chosen)

@@ -455,15 +455,20 @@ class PrefixCachedScorer:
             final = out.last_hidden_state.reshape(R * L, -1)[rows]  # (U, d)
             low = {j: out.hidden_states[j].reshape(R * L, -1)[rows] for j in rule.layers} if stream.hidden else {}
             states[stream.name] = (final, low)
-        score = torch.empty(read_index.shape, dtype=torch.float64, device=self.device)
+        score = None
         slab = 128  # read positions per fuse: several (S, V) tensors are held at once
         for s in range(0, rows.shape[0], slab):
             sel = ((inv >= s) & (inv < s + slab)).nonzero().squeeze(-1)
             part = {k: (f[s:s + slab], {j: h[s:s + slab] for j, h in low.items()}) for k, (f, low) in states.items()}
-            fused = rule.fused_scores(part)  # (S, V): once per position, however many answers read it
-            score[sel] = fused[inv[sel] - s, read_token[sel]].double()
-        totals = torch.zeros(len(batch.answers), dtype=torch.float64, device=self.device)
-        return totals.index_add_(0, batch.read_answer.to(self.device), score)
+            fused = rule.fused_scores(part)  # (S, V), once per position however many answers read it; or K of them
+            fused = [fused] if torch.is_tensor(fused) else list(fused)
+            if score is None:
+                score = torch.empty((read_index.shape[0], len(fused)), dtype=torch.float64, device=self.device)
+            for k, f in enumerate(fused):
+                score[sel, k] = f[inv[sel] - s, read_token[sel]].double()
+        totals = torch.zeros((len(batch.answers), score.shape[1]), dtype=torch.float64, device=self.device)
+        totals.index_add_(0, batch.read_answer.to(self.device), score)
+        return totals[:, 0] if score.shape[1] == 1 else totals  # (answers,) or (answers, K) for K components
 
     def _score_one(self, ctx: list[int], conts: list[list[int]], n_prefix: int, prefix_cache) -> list[float]:
         suffix = torch.tensor([ctx[n_prefix:]], device=self.device)
