@@ -329,6 +329,7 @@ class PrefixCachedScorer:
         self._cache = None
         self._stream_caches: dict[tuple, Any] = {}  # (stream key) -> primer cache of self._prefix
         self._packed = packed  # None = decide from the model and cache (tree.tree_supported, head_is_linear)
+        self.rule_slab = 128  # read positions fused at once under a contrast rule (memory: ~K x slab x V floats)
 
     def packed_supported(self, cache=None, rule=None) -> bool:
         """True when the packed path gives the unpacked scores: see :func:`packed_unsupported_reason`."""
@@ -456,7 +457,7 @@ class PrefixCachedScorer:
             low = {j: out.hidden_states[j].reshape(R * L, -1)[rows] for j in rule.layers} if stream.hidden else {}
             states[stream.name] = (final, low)
         score = None
-        slab = 128  # read positions per fuse: several (S, V) tensors are held at once
+        slab = self.rule_slab  # read positions per fuse: several (S, V) tensors are held at once
         for s in range(0, rows.shape[0], slab):
             sel = ((inv >= s) & (inv < s + slab)).nonzero().squeeze(-1)
             part = {k: (f[s:s + slab], {j: h[s:s + slab] for j, h in low.items()}) for k, (f, low) in states.items()}

@@ -94,6 +94,7 @@ def contexts():
 
 def packed(model, tok, strategy, **params):
     scorer = PrefixCachedScorer(model, tok, pack_tokens=16, rows_per_forward=2)  # several rows and forwards
+    scorer.rule_slab = 5  # several fuse slabs per forward
     calls = []
     orig = scorer._forward_packed_rule
     scorer._forward_packed_rule = lambda *a: calls.append(1) or orig(*a)
@@ -202,6 +203,11 @@ def test_packed_scorer_cache_keeps_streams_apart(models, tiny_tok):
                       lower_layer="none", lower_weight=0.0, refocus_weight=1.0, refocus_ids=[5, 6])
     d = score_answers(expert, tiny_tok, contexts(), ANSWERS, "lol", amateur=amateur, cached_scorer=scorer,
                       lower_layer="none", lower_weight=0.0, refocus_weight=1.0, refocus_ids=[7, 8, 9])
+    # a new primer (other contexts) on the same scorer: every stream's primer cache is rebuilt
+    other_ctx = ["Q: where is the dog? A: far away." + q for q in QUESTIONS]
+    e = score_answers(expert, tiny_tok, other_ctx, ANSWERS, "cd", amateur=other, cached_scorer=scorer)
+    want = [[reference_sum(tiny_tok, expert, other, c, x) for x in ans] for c, ans in zip(other_ctx, ANSWERS)]
+    assert_close(e, want)
     global INSTR
     saved = INSTR
     try:
@@ -267,8 +273,38 @@ def test_select_premature_saturation_shortcut_is_exact():
     assert float(js_divergence(mature[0], cands[0][0])) == pytest.approx(math.log(2), abs=1e-6)
 
 
+def test_select_premature_shortcut_near_saturation_hand_rule():
+    """Candidate 0 with JSDs just below / above ln 2 - tol against a later candidate at exactly ln 2.
+
+    The rule: candidate 0 wins iff its JSD >= max JSD - tol (= ln 2 - tol here). A shortcut that
+    resolves positions too eagerly (e.g. threshold ln 2 - 10 tol) or a rule with '>' flips some.
+    """
+    V, tol = 8, 1e-3
+    p = torch.tensor([0.5, 0.5] + [0.0] * (V - 2))
+    disjoint = torch.tensor([0.0, 0.0] + [1.0 / (V - 2)] * (V - 2))
+    ts = torch.logspace(-6, -1, 60)  # mixing weight of p into candidate 0: its JSD falls from ln 2
+    q0 = (1 - ts)[:, None] * disjoint + ts[:, None] * p
+    log = lambda x: torch.log(x.clamp_min(1e-30)).float()  # noqa: E731
+    mature = log(p).expand(len(ts), V).clone()
+    cands = [log(q0), log(disjoint).expand(len(ts), V).clone()]
+    jsd0 = js_divergence(mature, cands[0])
+    want = torch.where(jsd0 >= js_divergence(mature, cands[1]) - tol, 0, 1)
+    assert 10 < int((want == 0).sum()) < 50  # both outcomes occur, near the threshold
+    _, idx = select_premature(mature, lambda i: cands[i], 2, tol, exit_logprobs_at=lambda i, pos: cands[i][pos])
+    assert idx.tolist() == want.tolist()
+
+
 def test_js_divergence_never_exceeds_ln2():
     p = torch.log_softmax(torch.tensor([0.0, -400.0]), -1)
     q = torch.log_softmax(torch.tensor([-400.0, 0.0]), -1)
     assert float(js_divergence(p, q)) <= torch.tensor(math.log(2)).item()  # ln 2 in fp32
+    # disjoint supports over a real vocabulary size: fp32 sums land up to ~5e-7 above ln 2 unclamped
+    torch.manual_seed(0)
+    V = 49152
+    a, b = torch.randn(20, V) * 3, torch.randn(20, V) * 3
+    a[:, V // 2:] -= 400
+    b[:, :V // 2] -= 400
+    jsd = js_divergence(torch.log_softmax(a, -1), torch.log_softmax(b, -1))
+    assert (jsd <= torch.tensor(math.log(2))).all()
+    assert jsd.min().item() == pytest.approx(math.log(2), abs=1e-5)
     assert float(js_divergence(p, q)) == pytest.approx(math.log(2), abs=1e-6)
