@@ -240,7 +240,8 @@ def main(argv=None) -> int:
         report["components_check_max_rel_diff"] = comp["check_max_rel_diff"]
         rows.sort(key=lambda r: (-r["mc2"], r["lower_weight"] + r["refocus_weight"]))
         chosen = rows[0]
-        report.update(dev_n=len(dev), grid=rows, selected=chosen)
+        report.update(dev_n=len(dev), grid=rows, selected=chosen,
+                      components={k: comp[k] for k in ("icd", "ref", "low")})  # re-grid later without a pass
         print(f"dev n={len(dev)}: top 8 of {len(rows)} grid points by MC2")
         print("| j | final_norm | lambda | gamma | MC1 | MC2 | MC3 |\n|---|---|---|---|---|---|---|")
         for r in rows[:8]:

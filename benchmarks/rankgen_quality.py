@@ -4,7 +4,8 @@ Methods, all continuing the same prefixes with the same generator for ``--new`` 
 greedy; nucleus (p=0.9); rerank of N nucleus samples by length-normalised LM log-likelihood (the
 generator itself; the paper's "re-rank by LM perplexity"); rerank of the same N samples by a
 trained ranker; ``rankgen`` beam search (B=2, N=10, L=20) with that ranker. The two reranks use
-identical candidates (``rankgen`` with B=1, L=new draws exactly the samples ``sample`` would).
+identical candidates: one ``rankgen`` run with B=1, L=new (exactly the samples ``sample`` would
+draw) whose ranker scores every sample with both rankers (:class:`SharedRerank`).
 
 Metrics through the eval harness (:mod:`contrastkit.eval.metrics`, :mod:`contrastkit.eval.mauve_features`,
 :mod:`contrastkit.eval.stats`): MAUVE of human vs generated continuations on a featurizer that
@@ -26,12 +27,53 @@ import time
 import numpy as np
 
 
-def prefixes_and_refs(path: str, tok, n: int, prefix_tokens: int, ref_tokens: int, skip: int) -> list[dict]:
-    from contrastkit.eval.open_ended import load_prefix_pairs
+def heldout_lines(path: str, k: int) -> list[str]:
+    """The raw lines of the last ``k`` WikiText articles: what ``train ranker --eval_documents k`` holds out."""
+    from contrastkit.rankers.data import _TITLE
 
-    items = load_prefix_pairs(path, tok, prefix_tokens=prefix_tokens, reference_tokens=ref_tokens,
-                              limit=n + skip)
+    docs: list[list[str]] = []
+    for line in open(path, encoding="utf-8").read().replace("\r\n", "\n").split("\n"):
+        if _TITLE.match(line):
+            docs.append([])
+        elif docs:
+            docs[-1].append(line)
+    return [line for d in docs[-k:] for line in d]
+
+
+def prefixes_and_refs(path: str, tok, n: int, prefix_tokens: int, ref_tokens: int, skip: int,
+                      heldout_documents: int = 0) -> list[dict]:
+    from contrastkit.eval.open_ended import _prefix_pairs_from_lines, load_prefix_pairs
+
+    if heldout_documents:
+        items = _prefix_pairs_from_lines(heldout_lines(path, heldout_documents), tok, prefix_tokens=prefix_tokens,
+                                         reference_tokens=ref_tokens, limit=n + skip, where=path)
+    else:
+        items = load_prefix_pairs(path, tok, prefix_tokens=prefix_tokens, reference_tokens=ref_tokens,
+                                  limit=n + skip)
+    if len(items) < skip + n:
+        print(f"only {len(items) - skip} prefixes available (asked {n})", flush=True)
     return items[skip:skip + n]
+
+
+class SharedRerank:
+    """A ranker for ``rankgen`` with B=1, N=n, L=new (one rerank round, at the end) that scores each
+    prompt's n finished samples with the LM ranker (what the strategy keeps: ``rerank-lm``) and
+    records which sample the trained ranker would keep (``rerank-ranker``): one set of samples, two
+    reranks on identical candidates, half the generation time."""
+
+    def __init__(self, lm_ranker, ranker):
+        self.lm, self.other, self.picks = lm_ranker, ranker, []
+
+    def score_grouped(self, prefixes, texts):
+        import torch
+
+        s_lm, s_other = self.lm.score_grouped(prefixes, texts), self.other.score_grouped(prefixes, texts)
+        k = len(texts) // len(prefixes)
+        for j in range(len(prefixes)):
+            cands = texts[j * k:(j + 1) * k]
+            self.picks.append({"rerank-lm": cands[int(torch.argmax(s_lm[j]))],
+                               "rerank-ranker": cands[int(torch.argmax(s_other[j]))]})
+        return s_lm
 
 
 def run_methods(model, tok, prompts, args, ranker, lm_ranker) -> dict[str, list[str]]:
@@ -39,24 +81,35 @@ def run_methods(model, tok, prompts, args, ranker, lm_ranker) -> dict[str, list[
 
     kw = dict(max_new_tokens=args.new, seed=args.seed)
     over = dict(beam_size=1, num_samples=args.rerank_n, rerank_every=args.new, top_p=0.9, lm_tokenizer=tok)
+    shared = SharedRerank(lm_ranker, ranker)
     specs = {
         "greedy": ("greedy", {}),
         "nucleus": ("sample", dict(top_p=0.9)),
-        "rerank-lm": ("rankgen", dict(ranker=lm_ranker, **over)),
-        "rerank-ranker": ("rankgen", dict(ranker=ranker, **over)),
+        "rerank": ("rankgen", dict(ranker=shared, **over)),  # -> rerank-lm and rerank-ranker
         "rankgen": ("rankgen", dict(ranker=ranker, beam_size=2, num_samples=10, rerank_every=20, top_p=0.9,
                                     lm_tokenizer=tok)),
     }
     out, timing = {}, {}
     for name, (strategy, params) in specs.items():
-        if args.methods and name not in args.methods:
+        wanted = ["rerank-lm", "rerank-ranker"] if name == "rerank" else [name]
+        if args.methods and not set(wanted) & set(args.methods):
             continue
         t0 = time.perf_counter()
         bs = args.batch_size if strategy in ("greedy", "sample") else args.rankgen_batch_size
         res = contrastkit.generate(model, tok, prompts, strategy, batch_size=bs, progress=True, **kw, **params)
-        out[name] = [r.text for r in res]
-        timing[name] = time.perf_counter() - t0
-        print(f"{name}: {timing[name]:.0f} s", flush=True)
+        took = time.perf_counter() - t0
+        if name == "rerank":
+            if len(shared.picks) != len(prompts):
+                raise SystemExit(f"expected one rerank round per prompt, saw {len(shared.picks)}")
+            mismatch = sum(p["rerank-lm"].strip() != r.text.strip() for p, r in zip(shared.picks, res))
+            print(f"rerank: {mismatch} of {len(res)} LM picks differ from the strategy's output text", flush=True)
+            for m in wanted:
+                out[m] = [p[m] for p in shared.picks]
+                timing[m] = took  # one generation serves both
+        else:
+            out[name] = [r.text for r in res]
+            timing[name] = took
+        print(f"{name}: {took:.0f} s", flush=True)
     return out, timing
 
 
@@ -109,6 +162,8 @@ def main() -> None:
     ap.add_argument("--data", default="Salesforce/wikitext", help="wiki.test.raw-style file")
     ap.add_argument("--n", type=int, default=100, help="number of prefixes (issue: >= 100)")
     ap.add_argument("--skip", type=int, default=0, help="skip the first paragraphs (e.g. ranker training text)")
+    ap.add_argument("--heldout_documents", type=int, default=0,
+                    help="take prefixes only from the last K articles (the ranker's --eval_documents K): no leakage")
     ap.add_argument("--prefix_tokens", type=int, default=64)
     ap.add_argument("--new", type=int, default=60, help="new tokens (paper: ~128)")
     ap.add_argument("--rerank_n", type=int, default=20)
@@ -129,7 +184,7 @@ def main() -> None:
 
     model, tok = load_model(args.model)
     ranker = get_ranker(args.ranker)
-    items = prefixes_and_refs(args.data, tok, args.n, args.prefix_tokens, args.new, args.skip)
+    items = prefixes_and_refs(args.data, tok, args.n, args.prefix_tokens, args.new, args.skip, args.heldout_documents)
     prompts = [{"input_ids": it["prefix_ids"]} for it in items]
     if args.merge:  # texts generated by earlier runs (e.g. methods split over processes)
         texts, timing = {}, {}
