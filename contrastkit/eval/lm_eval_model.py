@@ -27,8 +27,9 @@ What each lm-eval request type means under a strategy:
 
 * ``loglikelihood`` (multiple choice, lambada...): the continuation's summed score under the
   strategy's scoring rule (log-probs for plain strategies; e.g. ``log p_expert - log p_amateur``
-  for the contrastive family), tokenized with lm-eval's pair encoding. Plain rules use the packed
-  prefix-trie scorer of the TruthfulQA harness (:class:`contrastkit.eval.truthfulqa.PrefixCachedScorer`),
+  for the contrastive family), tokenized with lm-eval's pair encoding. Plain rules and the
+  contrast family (cd/icd/dola/lol) use the packed prefix-trie scorer of the TruthfulQA harness
+  (:class:`contrastkit.eval.truthfulqa.PrefixCachedScorer`, :mod:`contrastkit.eval.packed_contrast`),
   so a few-shot prefix shared by many requests runs once. ``is_greedy`` (read by e.g. lambada's
   ``acc``) says whether decoding by the argmax of the strategy's rule from the context reproduces
   the continuation exactly; it is computed by generating it (greedy decoding for plain-rule
@@ -107,7 +108,8 @@ class _ContrastkitLMImpl:
             self.model, self.tok = model, tokenizer
         self.model.eval()
         self.max_length = int(max_length or context_length(self.model) or 2048)
-        self._cached = PrefixCachedScorer(self.model, self.tok, batch_size=self.batch_size) if self.plain else None
+        self._cached = PrefixCachedScorer(self.model, self.tok, batch_size=self.batch_size)
+        self._rule = None  # the packed form of a contrast-family rule (contrastkit.eval.packed_contrast), once
 
     # -- lm-eval helpers ---------------------------------------------------------------------
 
@@ -156,9 +158,14 @@ class _ContrastkitLMImpl:
     def _score(self, contexts: list[str], continuations: list[list[str]]) -> list[list[float]]:
         from contrastkit.decoding.scoring import score
 
-        if self.plain:
-            try:
-                return self._cached.score(contexts, continuations)
+        from contrastkit.eval.packed_contrast import packed_rule
+
+        if not self.plain and self._rule is None:
+            self._rule = packed_rule(self.model, self.tok, self.strategy, self.params) or False
+        rule = None if self.plain else self._rule
+        if rule is not False and (rule is None or self._cached.packed_supported(None, rule)):
+            try:  # plain log-probs, or the contrast family on the packed layout
+                return self._cached.score(contexts, continuations, rule=rule)
             except UsageError:  # a rare pair whose context tokenizes differently: score it the generic way
                 pass
         scored = score(self.model, self.tok, contexts, continuations, self.strategy, batch_size=self.batch_size,

@@ -50,10 +50,16 @@ def test_loglikelihood_and_is_greedy(tiny_llama, tiny_tok):
     assert [g for _, g in skip.loglikelihood(_requests("loglikelihood", pairs), disable_tqdm=True)] == [False] * 4
 
 
-def test_loglikelihood_under_a_contrastive_rule(tiny_llama, tiny_tok):
+def test_loglikelihood_under_a_contrastive_rule(tiny_llama, tiny_tok, monkeypatch):
+    from contrastkit.eval.truthfulqa import PrefixCachedScorer
+
+    calls = []
+    orig = PrefixCachedScorer._forward_packed_rule
+    monkeypatch.setattr(PrefixCachedScorer, "_forward_packed_rule", lambda self, *a: calls.append(1) or orig(self, *a))
     pairs = [("Q: is it?\nA:", " yes"), ("Q: is it?\nA:", " no it is not"), ("Other", " thing")]
     lm = ContrastkitLM(model=tiny_llama, tokenizer=tiny_tok, strategy="dola", check_greedy=False)
     got = [ll for ll, _ in lm.loglikelihood(_requests("loglikelihood", pairs), disable_tqdm=True)]
+    assert calls, "the plugin did not use the packed contrast scorer"
     ref = [score(tiny_llama, tiny_tok, c, [x], "dola")[0][0].total for c, x in pairs]
     plain = [score(tiny_llama, tiny_tok, c, [x], "greedy")[0][0].total for c, x in pairs]
     assert got == pytest.approx(ref, abs=1e-4)
