@@ -11,7 +11,8 @@ LOL's summed answer score is linear in its weights,
 so per answer we measure ``S_icd`` (lol with lambda = gamma = 0), ``S_icd + S_low`` (lambda = 1,
 gamma = 0) for every lower layer j and ``final_norm`` in the grid, and ``S_icd + S_ref``
 (lambda = 0, gamma = 1), and every (lambda, gamma) point is then exact arithmetic on those sums.
-The selection metric is dev MC2 (ties: the smaller weights). Lower layers are fixed indices here
+The selection metric is dev MC1 (ties: MC3, then the smaller weights); ``--select_by``. MC2 is
+not used: on contrast scores it normalises exp(score), so it grows with the weights' scale alone. Lower layers are fixed indices here
 (no JSD bucket), which is LOL's "early-exit lower layer" read as one layer.
 
 Test phase: greedy (plain log-probs), icd, dola (preset defaults, ``high`` bucket) and lol with
@@ -203,6 +204,11 @@ def main(argv=None) -> int:
     p.add_argument("--final_norm", default="false,true", help="final_norm values in the grid")
     p.add_argument("--lambdas", type=floats, default=floats("0,0.25,0.5,1,2"))
     p.add_argument("--gammas", type=floats, default=floats("0,0.25,0.5,1,2"))
+    p.add_argument("--select_by", default="mc1", choices=["mc1", "mc2", "mc3"],
+                   help="dev metric that picks the defaults. Not mc2: on contrast scores MC2 normalises "
+                        "exp(score), so it grows with the weights' scale alone (it chose the largest lambda of "
+                        "every grid tried: 2 of 0..2, then 6 of 0..6)")
+    p.add_argument("--components_from", default=None, help="JSON of an earlier dev run: re-grid its saved components")
     p.add_argument("--select_from", default=None, help="JSON of an earlier selection run (its 'selected')")
     p.add_argument("--lol", default=None, help="test lol with these settings instead of a selection: "
                    "LAYER,FINAL_NORM,LAMBDA,GAMMA (e.g. the shipped defaults 15,false,0.5,0.5)")
@@ -234,15 +240,23 @@ def main(argv=None) -> int:
         log(f"dev: {len(dev)} questions")
         norms = [x.strip().lower() == "true" for x in args.final_norm.split(",")]
         t_dev = time.perf_counter()
-        comp = components(model, tok, dev, args, [int(j) for j in args.layers.split(",")], norms, log)
+        if args.components_from:  # re-grid / re-select from an earlier run's saved components (no model pass)
+            comp = json.loads(Path(args.components_from).read_text())["components"]
+            comp["check_max_rel_diff"] = float("nan")
+            dev = dev[:len(comp["icd"])]
+        else:
+            comp = components(model, tok, dev, args, [int(j) for j in args.layers.split(",")], norms, log)
         rows = grid(comp, dev, args)
         report["dev_seconds"] = time.perf_counter() - t_dev
         report["components_check_max_rel_diff"] = comp["check_max_rel_diff"]
-        rows.sort(key=lambda r: (-r["mc2"], r["lower_weight"] + r["refocus_weight"]))
+        m = args.select_by
+        tie = {"mc1": "mc3", "mc2": "mc1", "mc3": "mc1"}[m]
+        rows.sort(key=lambda r: (-r[m], -r[tie], r["lower_weight"] + r["refocus_weight"]))
         chosen = rows[0]
+        report["select_by"] = m
         report.update(dev_n=len(dev), grid=rows, selected=chosen,
                       components={k: comp[k] for k in ("icd", "ref", "low")})  # re-grid later without a pass
-        print(f"dev n={len(dev)}: top 8 of {len(rows)} grid points by MC2")
+        print(f"dev n={len(dev)}: top 8 of {len(rows)} grid points by {m.upper()} (ties: {tie.upper()}, then smaller weights)")
         print("| j | final_norm | lambda | gamma | MC1 | MC2 | MC3 |\n|---|---|---|---|---|---|---|")
         for r in rows[:8]:
             print(f"| {r['lower_layer']} | {r['final_norm']} | {r['lower_weight']} | {r['refocus_weight']} | "

@@ -126,7 +126,7 @@ PRESETS = {
     "dola": ("DoLa (2309.03883): contrast the final layer with a JSD-selected premature layer of the same model",
              dict(lower_layer="high")),
     "lol": ("LOL (2408.08769, reconstructed): ICD + lower-layer contrast + truthfulness-refocus stream",
-            dict(lower_layer="middle", lower_weight=0.5, refocus_weight=0.5)),
+            dict(lower_layer="middle", lower_weight=0.5, refocus_weight=0.0)),  # chosen on TruthfulQA dev: docs/lol.md
 }
 
 
