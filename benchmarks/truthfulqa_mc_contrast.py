@@ -8,7 +8,8 @@ warm-up call that computes the primer caches and loads the amateur:
 * ``icd``: expert - amateur (the adapter from ``contrastkit train induce``), both streams packed;
 * ``dola``: expert - its JSD-selected premature layer (preset ``high`` bucket), early exits only
   at answer positions;
-* ``lol``: icd + lambda x lower-layer contrast + gamma x refocus stream (preset defaults).
+* ``lol``: icd + lambda x lower-layer contrast + gamma x refocus stream (preset defaults, except
+  gamma = ``--lol_refocus`` 0.5, so that all three streams are timed; the preset's gamma is 0).
 
 Exactness: on the first ``--check_n`` questions each rule is also scored by the unpacked path
 (``contrastkit.score``, its shared-prompt batches), and the table gives max |packed - unpacked|
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=32, help="questions per scorer call (the runner's chunk)")
     p.add_argument("--check_n", type=int, default=8, help="questions also scored unpacked (0 = skip)")
     p.add_argument("--rules", nargs="*", default=["plain", "icd", "dola", "lol"])
+    p.add_argument("--lol_refocus", type=float, default=0.5,
+                   help="lol's gamma here (its default is 0 since the dev selection; 0.5 times all three streams)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
     contexts = [build_context(it.question) for it in items]
     answers = [[" " + a for a in it.answers()] for it in items]
     specs = {"plain": ("greedy", {}), "icd": ("icd", {"amateur": args.amateur}), "dola": ("dola", {}),
-             "lol": ("lol", {"amateur": args.amateur})}
+             "lol": ("lol", {"amateur": args.amateur, "refocus_weight": args.lol_refocus})}
     rows, result = [], {"questions": len(items), "answers": sum(map(len, answers)), "chunk": args.chunk,
                         "threads": torch.get_num_threads(), "rows": []}
     for name in args.rules:
@@ -89,7 +92,9 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{name}: {wall:.1f} s", flush=True)
     base = next((r["wall_s"] for r in rows if r["rule"] == "plain"), None)
+    result["lol_refocus"] = args.lol_refocus
     print(f"\n{len(items)} questions, {result['answers']} answers, model {args.model}, amateur {args.amateur}, "
+          f"lol gamma {args.lol_refocus}, "
           f"torch threads {result['threads']}, chunk {args.chunk}; exactness on the first {args.check_n}")
     print("| rule | wall s | questions/s | x plain | target | max abs diff vs unpacked | max rel diff | "
           "unpacked self (abs / rel) | largest |score| |\n|---|---|---|---|---|---|---|---|---|")
