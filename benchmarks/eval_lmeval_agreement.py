@@ -32,12 +32,12 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "truthfulqa" / "hub_013686a" / "mc_task.json"
 
 
-def write_local_tasks(data: Path, limit: int, tmp: Path) -> list[str]:
+def write_local_tasks(data: Path, limit: int, tmp: Path, every: int = 1) -> list[str]:
     """Copy lm-eval's truthfulqa mc task files, pointing them at a local JSONL of the first ``limit`` items."""
     import lm_eval
 
     src = Path(lm_eval.__file__).parent / "tasks" / "truthfulqa"
-    rows = json.loads(data.read_text())[:limit]
+    rows = json.loads(data.read_text())[::every][:limit]
     jsonl = tmp / "tqa_mc.jsonl"
     with open(jsonl, "w") as f:
         for r in rows:  # the HF dataset's layout: {"choices": [...], "labels": [...]}
@@ -83,11 +83,12 @@ def run_lm_eval(model, tok, tasks, tmp: Path, batch_size: int, backend: str = "h
     return per, elapsed
 
 
-def run_ours(model, tok, data: Path, limit: int, batch_size: int, strategy: str = "greedy", params: dict | None = None):
+def run_ours(model, tok, data: Path, limit: int, batch_size: int, strategy: str = "greedy", params: dict | None = None,
+             every: int = 1):
     from contrastkit.eval.metrics import mc_metrics
     from contrastkit.eval.truthfulqa import PrefixCachedScorer, build_context, load_truthfulqa, score_answers
 
-    items = load_truthfulqa(data)[:limit]
+    items = load_truthfulqa(data)[::every][:limit]
     scorer = PrefixCachedScorer(model, tok, batch_size=batch_size)
     t0 = time.perf_counter()
     scores = score_answers(model, tok, [build_context(it.question) for it in items],
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--every", type=int, default=1, help="take every K-th question (a sample spread over the file)")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--backend", choices=["hf", "contrastkit"], default="hf",
                    help="lm-eval model: its own hf backend, or our plugin under --strategy")
@@ -128,9 +130,9 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model, tok = load_model(args.model)
     params = {"amateur": args.amateur} if args.amateur else {}
-    ours, t_ours = run_ours(model, tok, Path(args.data), args.limit, 32, args.strategy, params)
+    ours, t_ours = run_ours(model, tok, Path(args.data), args.limit, 32, args.strategy, params, args.every)
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = write_local_tasks(Path(args.data), args.limit, Path(tmp))
+        tasks = write_local_tasks(Path(args.data), args.limit, Path(tmp), args.every)
         theirs, t_theirs = run_lm_eval(model, tok, tasks, Path(tmp), args.batch_size, args.backend, args.strategy,
                                        params)
     rows, worst = [], {"ll": 0.0, "mc1": 0.0, "mc2": 0.0}
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
     print(f"max |d loglik| {worst['ll']:.2e}  max |d MC1| {worst['mc1']:.0f}  max |d MC2| {worst['mc2']:.2e}")
     print(f"wall time: contrastkit harness {t_ours:.1f}s, lm-eval ({args.backend} backend) {t_theirs:.1f}s, "
           f"ratio {t_theirs / t_ours:.1f}x; strategy {args.strategy}")
-    result = {"limit": args.limit, "model": args.model, "data": args.data, "backend": args.backend,
+    result = {"limit": args.limit, "every": args.every, "model": args.model, "data": args.data, "backend": args.backend,
               "strategy": args.strategy, "worst": worst, "rows": rows,
               "time_contrastkit_s": t_ours, "time_lm_eval_s": t_theirs}
     if args.json:
