@@ -55,14 +55,25 @@ def prefixes_and_refs(path: str, tok, n: int, prefix_tokens: int, ref_tokens: in
     return items[skip:skip + n]
 
 
-class SharedRerank:
+def _ranker_base():
+    from contrastkit.rankers.base import Ranker
+
+    return Ranker
+
+
+class SharedRerank(_ranker_base()):
     """A ranker for ``rankgen`` with B=1, N=n, L=new (one rerank round, at the end) that scores each
     prompt's n finished samples with the LM ranker (what the strategy keeps: ``rerank-lm``) and
     records which sample the trained ranker would keep (``rerank-ranker``): one set of samples, two
     reranks on identical candidates, half the generation time."""
 
+    name = "shared-rerank"
+
     def __init__(self, lm_ranker, ranker):
         self.lm, self.other, self.picks = lm_ranker, ranker, []
+
+    def score(self, prefixes, continuations):
+        return self.lm.score(prefixes, continuations)
 
     def score_grouped(self, prefixes, texts):
         import torch
