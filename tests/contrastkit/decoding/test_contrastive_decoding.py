@@ -254,3 +254,11 @@ def test_smollm2_dola_scores_do_not_depend_on_batch_layout(smollm2, shared_data)
     assert max(abs(t) for t in totals[0]) > 100  # the regime where the old choice was unstable
     for other in totals[1:]:
         assert other == pytest.approx(totals[0], abs=1e-2)
+
+
+def test_lol_preset_defaults_are_the_measured_ones():
+    """docs/lol.md: chosen on the TruthfulQA dev split (MC1): middle layer, no final norm, lambda 0.5, gamma 0."""
+    from contrastkit.decoding.contrastive_decoding import LOLConfig
+
+    cfg = LOLConfig()
+    assert (cfg.lower_layer, cfg.final_norm, cfg.lower_weight, cfg.refocus_weight) == ("middle", False, 0.5, 0.0)
