@@ -129,30 +129,43 @@ def _short(v) -> str:
 
 
 class RecordCache:
-    """Append-only JSONL of finished per-item records for one run label, plus its ``.meta.json``."""
+    """Append-only JSONL of finished per-item records for one run label, plus its ``.meta.json``.
+
+    Construction only *checks* (fingerprint, schema) and reads the records; nothing on disk changes
+    until :meth:`open`, so a run refused at any label's check leaves every file as it was.
+    """
 
     def __init__(self, path: Path, fingerprint: dict, overwrite: bool = False, info: dict | None = None):
         self.path, self.meta = path, path.with_suffix(".meta.json")
-        fingerprint = jsonable(fingerprint)
+        self.fingerprint, self.overwrite, self.info = jsonable(fingerprint), overwrite, info
+        self.created = time.time()
+        self.records: dict[Any, dict] = {}
         if overwrite:
-            for p in (self.path, self.meta):
-                p.unlink(missing_ok=True)
-        created = time.time()
+            return
         if self.meta.exists():
             old = json.loads(self.meta.read_text())
             if old.get("schema") != META_SCHEMA:
                 raise UsageError(f"{self.path} was written by an older contrastkit (cache format "
                                  f"{old.get('schema', 1)}, now {META_SCHEMA}); use --overwrite to recompute")
-            if old["fingerprint"] != fingerprint:
-                raise UsageError(mismatch_message(self.path, old["fingerprint"], fingerprint))
-            created = old.get("created", created)
-        else:
-            self.path.unlink(missing_ok=True)
+            if old["fingerprint"] != self.fingerprint:
+                raise UsageError(mismatch_message(self.path, old["fingerprint"], self.fingerprint))
+            self.created = old.get("created", self.created)
+            self.records = load_records(self.path)
+
+    def open(self) -> "RecordCache":
+        """Start writing: drop stale files (``overwrite``, or records without a meta), write the meta."""
         from contrastkit.eval.report import atomic_write_text
 
-        atomic_write_text(self.meta, json.dumps({"schema": META_SCHEMA, "fingerprint": fingerprint, "created": created,
-                                                 **jsonable(info or {})}, indent=1, sort_keys=True))
-        self.records: dict[Any, dict] = load_records(self.path, rewrite=True)
+        if self.overwrite:
+            for p in (self.path, self.meta):
+                p.unlink(missing_ok=True)
+        if not self.meta.exists():
+            self.path.unlink(missing_ok=True)
+        atomic_write_text(self.meta, json.dumps({"schema": META_SCHEMA, "fingerprint": self.fingerprint,
+                                                 "created": self.created, **jsonable(self.info or {})},
+                                                indent=1, sort_keys=True))
+        self.records = load_records(self.path, rewrite=True)
+        return self
 
     def check_items(self, keys: dict) -> None:
         """Refuse cached records whose ``item_key`` differs from the current item's (``keys``: id -> key)."""

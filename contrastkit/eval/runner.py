@@ -181,8 +181,8 @@ def run_evaluation(task, specs: list[StrategySpec], output_dir: str | Path, *, c
         cache = RecordCache(out / "records" / f"{spec.label}.jsonl", fp, overwrite, info)
         cache.check_items(keys)
         caches.append(cache)
-    for spec, cache in zip(specs, caches):
-        _run_strategy(task, spec, items, cache, chunk_size, progress, on_chunk, keys)
+    for spec, cache in zip(specs, caches):  # every label passed its checks: only now touch the files
+        _run_strategy(task, spec, items, cache.open(), chunk_size, progress, on_chunk, keys)
     summary = build_summary(task, out, ids, seed=seed, model_name=model_name)
     write_reports(summary, out, getattr(task, "report_columns", None), getattr(task, "plots", []) if plots else [])
     return summary

@@ -143,3 +143,18 @@ def test_reports_keep_every_run_in_the_directory(tiny_llama, tiny_tok, mc_file, 
     table = (out / "results.md").read_text()
     assert all(f"| {k} |" in table for k in labels)
     assert len(summary["paired"]) == 2 * 4  # two runs against the first, four per-item metrics
+
+
+def test_a_refused_run_leaves_no_files_behind(tiny_llama, tiny_tok, mc_file, tmp_path):
+    """Two labels, the second refused at its fingerprint check: the first label gets no meta, no records."""
+    out = tmp_path / "run"
+    _run(_task(tiny_llama, tiny_tok, mc_file, limit=2), out, specs=[StrategySpec("s2", "sample", {"top_p": 0.5})])
+    before = {p.name: p.read_bytes() for p in (out / "records").iterdir()}
+    specs = [StrategySpec("greedy", "greedy"), StrategySpec("s2", "sample", {"top_p": 0.9})]  # s2: other params
+    with pytest.raises(UsageError, match="different"):
+        _run(_task(tiny_llama, tiny_tok, mc_file, limit=2), out, specs=specs)
+    assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == before
+    # with --overwrite the same run goes through and rewrites s2
+    _run(_task(tiny_llama, tiny_tok, mc_file, limit=2), out, specs=specs, overwrite=True)
+    assert sorted(p.name for p in (out / "records").iterdir()) == [
+        "greedy.jsonl", "greedy.meta.json", "s2.jsonl", "s2.meta.json"]
