@@ -260,5 +260,5 @@ def test_lol_preset_defaults_are_the_measured_ones():
     """docs/lol.md: chosen on the TruthfulQA dev split (MC1): middle layer, no final norm, lambda 0.5, gamma 0."""
     from contrastkit.decoding.contrastive_decoding import LOLConfig
 
-    cfg = LOLConfig()
+    cfg = LOLConfig(amateur="runs/amateur")  # lol needs an amateur; the defaults are the rest
     assert (cfg.lower_layer, cfg.final_norm, cfg.lower_weight, cfg.refocus_weight) == ("middle", False, 0.5, 0.0)
