@@ -55,6 +55,19 @@ def tiny_tok():
     return tiny_tokenizer()
 
 
+@pytest.fixture(scope="module")
+def contrast_models(tiny_tok):
+    """(expert, amateur) for the contrastive family: 4-layer tiny Llamas, one tokenizer, different weights.
+
+    The expert is bound to ``tiny_tok`` (LOL's refocus instruction is text)."""
+    from contrastkit.decoding.amateur import bind_tokenizer
+    from contrastkit.testing import tiny_llama as make
+
+    expert, amateur = make(0, init_range=0.3, num_layers=4), make(1, init_range=0.3, num_layers=4)
+    bind_tokenizer(expert, tiny_tok)
+    return expert, amateur
+
+
 @pytest.fixture
 def tiny_llama():
     from contrastkit.testing import tiny_llama as make

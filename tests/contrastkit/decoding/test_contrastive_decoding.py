@@ -11,18 +11,10 @@ from contrastkit.generation import left_pad
 from contrastkit.testing import tiny_llama
 
 PROMPTS = ["the cat", "once upon a time there lived a king", "red"]
-N = 4  # layers of the tiny models
+N = 4  # layers of the tiny models (the contrast_models fixture has 4)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def models(tiny_tok):
-    expert = tiny_llama(0, init_range=0.3, num_layers=N)
-    amateur = tiny_llama(1, init_range=0.3, num_layers=N)
-    bind_tokenizer(expert, tiny_tok)
-    return expert, amateur
 
 
 def random_adapter(path, seed=0):
@@ -84,8 +76,8 @@ def fused_full(model, tok, prompts, alpha, **params):
     return s.fuse(s._run(), alpha)[0], ids, mask
 
 
-def test_lol_with_zero_weights_is_icd(models, tiny_tok):
-    E, A = models
+def test_lol_with_zero_weights_is_icd(contrast_models, tiny_tok):
+    E, A = contrast_models
     icd = gen(E, tiny_tok, "icd", amateur=A)
     lol = gen(E, tiny_tok, "lol", amateur=A, lower_weight=0.0, refocus_weight=0.0)
     assert icd == lol
@@ -97,16 +89,16 @@ def test_lol_with_zero_weights_is_icd(models, tiny_tok):
     assert gen(E, tiny_tok, "lol", amateur=A, lower_layer="1", refocus_ids=[5, 6]) != icd
 
 
-def test_amateur_equal_expert_gives_zero_contrast(models, tiny_tok):
-    E, _ = models
+def test_amateur_equal_expert_gives_zero_contrast(contrast_models, tiny_tok):
+    E, _ = contrast_models
     res = contrastkit.score(E, tiny_tok, PROMPTS[1], [" the dog", " was red"], "lol", amateur=E, lower_layer="2",
                             refocus_weight=0.0)
     for c in res[0]:
         assert max(abs(x) for x in c.token_scores) < 1e-5
 
 
-def test_alpha_one_is_expert_greedy(models, tiny_tok):
-    E, A = models
+def test_alpha_one_is_expert_greedy(contrast_models, tiny_tok):
+    E, A = contrast_models
     greedy = gen(E, tiny_tok, "greedy")
     assert gen(E, tiny_tok, "icd", amateur=A, alpha=1.0) == greedy
     assert gen(E, tiny_tok, "lol", amateur=A, alpha=1.0, lower_layer="1,3", refocus_ids=[7]) == greedy
@@ -114,8 +106,8 @@ def test_alpha_one_is_expert_greedy(models, tiny_tok):
     assert gen(E, tiny_tok, "icd", amateur=A) != greedy  # the contrast matters at the default alpha
 
 
-def test_dola_mature_layer_is_zero_and_buckets(models, tiny_tok):
-    E, _ = models
+def test_dola_mature_layer_is_zero_and_buckets(contrast_models, tiny_tok):
+    E, _ = contrast_models
     res = contrastkit.score(E, tiny_tok, PROMPTS[0], [" was a red dog"], "dola", lower_layer=str(N))
     assert max(abs(x) for x in res[0][0].token_scores) < 1e-5
     # a one-layer bucket is that layer (static DoLa) ...
@@ -133,8 +125,8 @@ def test_dola_mature_layer_is_zero_and_buckets(models, tiny_tok):
     ("lol", dict(lower_layer="1,3", refocus_ids=[9, 10, 11])),
     ("dola", dict(lower_layer="0,2")),
 ])
-def test_batch_equals_one_by_one(models, tiny_tok, strategy, params):
-    E, A = models
+def test_batch_equals_one_by_one(contrast_models, tiny_tok, strategy, params):
+    E, A = contrast_models
     if strategy != "dola":
         params = dict(params, amateur=A)
     batched = gen(E, tiny_tok, strategy, **params)
@@ -142,9 +134,9 @@ def test_batch_equals_one_by_one(models, tiny_tok, strategy, params):
     assert batched == single
 
 
-def test_incremental_steps_equal_full_recompute(models, tiny_tok):
+def test_incremental_steps_equal_full_recompute(contrast_models, tiny_tok):
     """Every generated token is the argmax of the fused scores recomputed from scratch on the whole sequence."""
-    E, A = models
+    E, A = contrast_models
     params = dict(amateur=A, lower_layer="1,3", lower_weight=0.5, refocus_weight=0.5, refocus_ids=[9, 10])
     out = contrastkit.generate(E, tiny_tok, PROMPTS[:2], "lol", max_new_tokens=5, **params)
     full = [tiny_tok.decode(tiny_tok(p)["input_ids"] + r.token_ids) for p, r in zip(PROMPTS[:2], out)]
@@ -162,8 +154,8 @@ def test_incremental_steps_equal_full_recompute(models, tiny_tok):
         assert picks == r.token_ids, full[b]
 
 
-def test_sampling_seeded_and_hf_generate_and_pipeline(models, tiny_tok):
-    E, A = models
+def test_sampling_seeded_and_hf_generate_and_pipeline(contrast_models, tiny_tok):
+    E, A = contrast_models
     a = gen(E, tiny_tok, "icd", amateur=A, sampling=True, seed=3)
     assert a == gen(E, tiny_tok, "icd", amateur=A, sampling=True, seed=3)
     from contrastkit.decoding.contrastive_decoding import icd
@@ -179,8 +171,8 @@ def test_sampling_seeded_and_hf_generate_and_pipeline(models, tiny_tok):
     assert text == tiny_tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def test_bad_input_is_a_usage_error(models, tiny_tok):
-    E, _ = models
+def test_bad_input_is_a_usage_error(contrast_models, tiny_tok):
+    E, _ = contrast_models
     with pytest.raises(UsageError, match="needs amateur"):
         gen(E, tiny_tok, "icd")
     with pytest.raises(UsageError, match="out of range"):
@@ -210,8 +202,8 @@ def test_cli_amateur_flag(tiny_model_dir, capsys):
     assert "lower_layer must be" in capsys.readouterr().err
 
 
-def test_cd_with_a_smaller_amateur(models, tiny_tok):
-    E, _ = models
+def test_cd_with_a_smaller_amateur(contrast_models, tiny_tok):
+    E, _ = contrast_models
     small = tiny_llama(5, init_range=0.3, num_layers=2)  # same tokenizer, fewer layers
     cd = gen(E, tiny_tok, "cd", amateur=small)
     assert cd == gen(E, tiny_tok, "icd", amateur=small)  # same rule; the presets differ only in intent

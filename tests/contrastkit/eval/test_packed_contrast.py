@@ -16,13 +16,12 @@ import math
 import pytest
 import torch
 
-import contrastkit
 from contrastkit.decoding.amateur import bind_tokenizer
 from contrastkit.decoding.contrast_scores import js_divergence, select_premature
 from contrastkit.eval.truthfulqa import PrefixCachedScorer, score_answers
 from contrastkit.testing import tiny_gpt2, tiny_llama
 
-N = 4  # layers of the tiny models
+N = 4  # layers of the tiny models (the contrast_models fixture has 4)
 INSTR = [9, 10, 11, 12]
 PRIMER = "Q: what is red? A: a colour. Q: where is the sea? A: far away."
 QUESTIONS = [" Q: who saw the dog?", " Q: once upon a time there lived a king, who?", " Q: is the tree red?"]
@@ -109,14 +108,6 @@ def assert_close(got, want, rel=2e-5, abs_=2e-4):
             assert abs(g - w) <= abs_ + rel * abs(w), (got, want)
 
 
-@pytest.fixture(scope="module")
-def models(tiny_tok):
-    expert = tiny_llama(0, init_range=0.3, num_layers=N)
-    amateur = tiny_llama(1, init_range=0.3, num_layers=N)
-    bind_tokenizer(expert, tiny_tok)
-    return expert, amateur
-
-
 LOL_CASES = {
     "lambda": dict(lower_layer="1,2,3", lower_weight=0.7, refocus_weight=0.0),
     "gamma": dict(lower_layer="none", lower_weight=0.0, refocus_weight=0.6),
@@ -135,8 +126,8 @@ def reference_table(tok, expert, amateur, **kw):
 
 
 @pytest.mark.parametrize("case", list(LOL_CASES))
-def test_packed_lol_equals_reference_separate_amateur(models, tiny_tok, case):
-    expert, amateur = models
+def test_packed_lol_equals_reference_separate_amateur(contrast_models, tiny_tok, case):
+    expert, amateur = contrast_models
     params = dict(LOL_CASES[case], refocus_ids=INSTR)
     got = packed(expert, tiny_tok, "lol", amateur=amateur, **params)
     want = reference_table(tiny_tok, expert, amateur, **ref_params(params))
@@ -157,8 +148,8 @@ def test_packed_dola_equals_reference_and_selects_several_layers(tiny_tok, arch)
     assert max(abs(g - c) for gr, cr in zip(got, first_only) for g, c in zip(gr, cr)) > 0.05
 
 
-def test_packed_cd_equals_reference_and_unpacked(models, tiny_tok):
-    expert, amateur = models
+def test_packed_cd_equals_reference_and_unpacked(contrast_models, tiny_tok):
+    expert, amateur = contrast_models
     got = packed(expert, tiny_tok, "cd", amateur=amateur, amateur_weight=0.5)
     assert_close(got, reference_table(tiny_tok, expert, amateur, amateur_weight=0.5))
     unpacked = score_answers(expert, tiny_tok, contexts(), ANSWERS, "cd", amateur=amateur, amateur_weight=0.5,
@@ -190,9 +181,9 @@ def test_packed_icd_adapter_amateur_equals_merged_reference(tiny_tok, tmp_path):
     assert_close(base, fresh, rel=1e-6, abs_=1e-5)
 
 
-def test_packed_scorer_cache_keeps_streams_apart(models, tiny_tok):
+def test_packed_scorer_cache_keeps_streams_apart(contrast_models, tiny_tok):
     """One scorer reused across rules and amateurs: each stream's primer cache is its own."""
-    expert, amateur = models
+    expert, amateur = contrast_models
     other = tiny_llama(7, init_range=0.3, num_layers=N)
     scorer = PrefixCachedScorer(expert, tiny_tok, pack_tokens=48)
     a = score_answers(expert, tiny_tok, contexts(), ANSWERS, "cd", amateur=amateur, cached_scorer=scorer)
@@ -219,12 +210,12 @@ def test_packed_scorer_cache_keeps_streams_apart(models, tiny_tok):
         INSTR = saved
 
 
-def test_eval_harness_takes_the_packed_contrast_path(models, tiny_tok, monkeypatch):
+def test_eval_harness_takes_the_packed_contrast_path(contrast_models, tiny_tok, monkeypatch):
     """TruthfulQA MC under icd goes through the packed scorer and its records carry the reference scores."""
     from contrastkit.eval import truthfulqa_tasks as tt
     from contrastkit.eval.truthfulqa import TruthfulQAItem
 
-    expert, amateur = models
+    expert, amateur = contrast_models
     calls = []
     orig = PrefixCachedScorer._forward_packed_rule
     monkeypatch.setattr(PrefixCachedScorer, "_forward_packed_rule", lambda self, *a: calls.append(1) or orig(self, *a))
