@@ -157,7 +157,6 @@ class _ContrastkitLMImpl:
 
     def _score(self, contexts: list[str], continuations: list[list[str]]) -> list[list[float]]:
         from contrastkit.decoding.scoring import score
-
         from contrastkit.eval.packed_contrast import packed_rule
 
         if not self.plain and self._rule is None:

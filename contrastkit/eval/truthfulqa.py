@@ -518,7 +518,6 @@ def score_answers(model, tokenizer, contexts: Sequence[str], answers: Sequence[S
     """
     from contrastkit.decoding.base import get_strategy
     from contrastkit.decoding.scoring import score
-
     from contrastkit.eval.packed_contrast import packed_rule
 
     strat = get_strategy(strategy)
