@@ -28,9 +28,14 @@ import torch
 NEG_INF = float("-inf")
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in at least fp32: half and bfloat16 go up to fp32, fp64 stays fp64 (a float64 model scores in float64)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def logprobs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log_softmax(logits / temperature)`` in fp32. logits: (..., V) -> (..., V)."""
-    logits = logits.float()
+    """``log_softmax(logits / temperature)`` in fp32 (fp64 for fp64 logits). logits: (..., V) -> (..., V)."""
+    logits = upcast(logits)
     if temperature != 1.0:
         logits = logits / temperature
     return torch.log_softmax(logits, dim=-1)

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from contrastkit.decoding.base import DecodingStrategy, get_strategy
+from contrastkit.decoding.contrast_scores import upcast
 from contrastkit.errors import UsageError
 from contrastkit.generation import left_pad
 
@@ -30,7 +31,7 @@ def logprob_scorer(model, input_ids: torch.LongTensor, attention_mask: torch.Ten
     """log p(x_{t+1} | x_{<=t}) for every position: (B, T-1) fp32."""
     pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos).logits  # (B, T, V)
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    logprobs = torch.log_softmax(upcast(logits[:, :-1]), dim=-1)  # (B, T-1, V)
     return logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
 
 
@@ -39,14 +40,14 @@ def prefix_logprob_scorer(model, prefix_ids: torch.LongTensor, cont_ids: torch.L
     n, k = cont_ids.shape
     P = prefix_ids.shape[1]
     out = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
-    logprobs = torch.log_softmax(out.logits[:, -1:].float(), dim=-1).expand(n, -1, -1)  # (n, 1, V)
+    logprobs = torch.log_softmax(upcast(out.logits[:, -1:]), dim=-1).expand(n, -1, -1)  # (n, 1, V)
     if k > 1:
         cache = out.cache
         cache.batch_repeat_interleave(n)
         pos = P + torch.arange(k - 1, device=cont_ids.device).expand(n, -1)
         mask = torch.ones(n, P + k - 1, dtype=torch.long, device=cont_ids.device)
         rest = model(input_ids=cont_ids[:, :-1], attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-        logprobs = torch.cat([logprobs, torch.log_softmax(rest.logits.float(), dim=-1)], 1)  # (n, k, V)
+        logprobs = torch.cat([logprobs, torch.log_softmax(upcast(rest.logits), dim=-1)], 1)  # (n, k, V)
     return logprobs.gather(-1, cont_ids[..., None]).squeeze(-1)
 
 

@@ -41,6 +41,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from contrastkit.decoding.contrast_scores import upcast
 from contrastkit.errors import UsageError, did_you_mean
 
 QA_PAIRS = [
@@ -433,7 +434,7 @@ class PrefixCachedScorer:
             # log_softmax, not logits - logsumexp: the op lm-eval and contrastkit.score use. On CPU torch's fp32
             # log_softmax runs ~1e-5 per token below the exact value, logsumexp does not; using the same op keeps
             # our answer log-likelihoods within ~3e-5 of lm-eval's instead of up to ~3e-4 on long answers.
-            logprobs = torch.log_softmax(head(flat[rows[s:s + slab]]).float(), dim=-1)  # (S, V)
+            logprobs = torch.log_softmax(upcast(head(flat[rows[s:s + slab]])), dim=-1)  # (S, V)
             sel = ((inv >= s) & (inv < s + slab)).nonzero().squeeze(-1)
             logprob[sel] = logprobs[inv[sel] - s, read_token[sel]].double()
         totals = torch.zeros(len(batch.answers), dtype=torch.float64, device=self.device)
@@ -476,7 +477,7 @@ class PrefixCachedScorer:
         cache = copy.deepcopy(prefix_cache) if prefix_cache is not None else None
         pos = torch.arange(n_prefix, len(ctx), device=self.device)[None]
         out = self.model(input_ids=suffix, position_ids=pos, cache=cache, use_cache=True)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # (V,) scores every answer's first token
+        first = torch.log_softmax(upcast(out.logits[0, -1]), dim=-1)  # (V,) scores every answer's first token
         totals = []
         for start in range(0, len(conts), self.batch_size):
             chunk = conts[start:start + self.batch_size]
@@ -496,7 +497,7 @@ class PrefixCachedScorer:
             cache.batch_repeat_interleave(B)
             pos = torch.arange(ctx_len, ctx_len + L - 1, device=self.device).expand(B, L - 1)
             logits = self.model(input_ids=ids[:, :-1], position_ids=pos, cache=cache, use_cache=True).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L-1)
+            logprobs = torch.log_softmax(upcast(logits), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, L-1)
             total = total + logprobs.masked_fill(~valid[:, 1:], 0.0).double().sum(-1)
         return total.tolist()
 

@@ -299,3 +299,43 @@ def test_js_divergence_never_exceeds_ln2():
     assert (jsd <= torch.tensor(math.log(2))).all()
     assert jsd.min().item() == pytest.approx(math.log(2), abs=1e-5)
     assert float(js_divergence(p, q)) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_float64_models_score_in_float64(tiny_tok):
+    """A float64 expert and amateur score in float64 end to end, packed and unpacked.
+
+    The gaps between the packed and unpacked paths on a real model (3-4e-4 for dola/lol on SmolLM2)
+    are fp32 rounding of un-normed early exits; in float64 both paths equal the float64 reference
+    to ~1e-12. A path that rounds to fp32 anywhere (a ``.float()`` on the logits) is off by ~1e-7
+    relative, far outside the 1e-9 allowed here.
+    """
+    expert = tiny_llama(0, init_range=0.3, num_layers=N).double()
+    amateur = tiny_llama(1, init_range=0.3, num_layers=N).double()
+    bind_tokenizer(expert, tiny_tok)
+    tight = dict(rel=1e-11, abs_=1e-9)
+    plain = PrefixCachedScorer(expert, tiny_tok, pack_tokens=16).score(contexts(), ANSWERS)
+    assert_close(plain, [[reference_plain(tiny_tok, expert, c, a) for a in ans] for c, ans in zip(contexts(), ANSWERS)],
+                 **tight)
+    dola = dict(lower_layer="0,1,2,3")
+    want = reference_table(tiny_tok, expert, None, layers=(0, 1, 2, 3))
+    assert_close(packed(expert, tiny_tok, "dola", **dola), want, **tight)
+    assert_close(score_answers(expert, tiny_tok, contexts(), ANSWERS, "dola", packed=False, **dola), want, **tight)
+    lol = dict(lower_layer="1,3", lower_weight=0.4, refocus_weight=0.3, refocus_ids=INSTR)
+    want = reference_table(tiny_tok, expert, amateur, **ref_params(lol))
+    assert_close(packed(expert, tiny_tok, "lol", amateur=amateur, **lol), want, **tight)
+    assert_close(score_answers(expert, tiny_tok, contexts(), ANSWERS, "lol", amateur=amateur, packed=False, **lol),
+                 want, **tight)
+    # the same models in fp32 are outside this tolerance: the check can tell the precisions apart
+    e32 = tiny_llama(0, init_range=0.3, num_layers=N)
+    bind_tokenizer(e32, tiny_tok)
+    got32 = packed(e32, tiny_tok, "dola", **dola)
+    assert max(abs(g - w) for gr, wr in zip(got32, reference_table(tiny_tok, expert, None, layers=(0, 1, 2, 3)))
+               for g, w in zip(gr, wr)) > 1e-8
+
+
+@torch.no_grad()
+def reference_plain(tok, model, context, answer):
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    seq = tok(context + answer, add_special_tokens=False)["input_ids"]
+    lp = lsm(model(torch.tensor([seq])).logits[0])
+    return sum(float(lp[t - 1, seq[t]]) for t in range(len(ctx), len(seq)))
