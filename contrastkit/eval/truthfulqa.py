@@ -181,17 +181,57 @@ def _load_csv(path: Path) -> list[TruthfulQAItem]:
     return items
 
 
-def _load_hub(name: str) -> list[TruthfulQAItem]:
+def _load_hub(name: str, config: str = "multiple_choice"):
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, "multiple_choice", split="validation")
+        return datasets.load_dataset(name, config, split="validation")
     except Exception as e:  # noqa: BLE001 - any hub failure is a usage problem here (offline, bad id)
-        raise UsageError(f"could not load TruthfulQA '{name}' from the Hub ({type(e).__name__}: {e}); "
+        raise UsageError(f"could not load TruthfulQA '{name}' ({config}) from the Hub ({type(e).__name__}: {e}); "
                          f"pass a local mc_task.json or TruthfulQA.csv") from None
-    return [_from_targets(i, r["question"], dict(zip(r["mc1_targets"]["choices"], r["mc1_targets"]["labels"])),
-                          dict(zip(r["mc2_targets"]["choices"], r["mc2_targets"]["labels"])))
-            for i, r in enumerate(ds)]
+
+
+def _items_from_hub(name: str) -> list[TruthfulQAItem]:
+    ds = _load_hub(name)
+    items = [_from_targets(i, r["question"], dict(zip(r["mc1_targets"]["choices"], r["mc1_targets"]["labels"])),
+                           dict(zip(r["mc2_targets"]["choices"], r["mc2_targets"]["labels"])))
+             for i, r in enumerate(ds)]
+    try:  # the multiple_choice config has no category/type; the generation config of the same questions does
+        attach_categories(items, name)
+    except UsageError:
+        pass  # the breakdown is then empty; the scores do not depend on it
+    return items
+
+
+def _category_table(source: str | Path) -> dict[str, tuple[str | None, str | None]]:
+    """question text -> (Category, Type), from a TruthfulQA.csv or a Hub id's generation config."""
+    p = Path(source)
+    if p.is_file():
+        return {it.question: (it.category, it.type) for it in _load_csv(p)}
+    if _is_hub_id(source):
+        return {r["question"].strip(): (r.get("category") or None, r.get("type") or None)
+                for r in _load_hub(str(source), "generation")}
+    raise UsageError(f"categories '{source}' does not exist (give a TruthfulQA.csv or a Hub id)")
+
+
+def attach_categories(items: Sequence[TruthfulQAItem], source: str | Path) -> int:
+    """Set each item's ``category`` and ``type`` from ``source``, matched by question text; returns the number matched.
+
+    ``mc_task.json`` (and the Hub's multiple_choice config) carry no categories; TruthfulQA.csv and
+    the Hub's generation config do. Unmatched items keep theirs (None: left out of the breakdown).
+    A source that matches no question is an error (it is not this data's TruthfulQA).
+    """
+    table = _category_table(source)
+    matched = 0
+    for it in items:
+        hit = table.get(it.question.strip())
+        if hit is not None:
+            it.category, it.type = hit
+            matched += 1
+    if items and not matched:
+        raise UsageError(f"categories '{source}': none of its {len(table)} questions is one of the data's "
+                         f"{len(items)} (is it TruthfulQA?)")
+    return matched
 
 
 # sha256 of the known files -> (revision, what it is). Published numbers use the 817-question sets.
@@ -239,13 +279,18 @@ def dataset_info(path: str | Path, items: Sequence[TruthfulQAItem]) -> dict:
     return info
 
 
+def _is_hub_id(path: str | Path) -> bool:
+    text = str(path)
+    return "/" in text and not Path(path).exists() and not text.startswith((".", "/")) and text.count("/") == 1
+
+
 def load_truthfulqa(path: str | Path) -> list[TruthfulQAItem]:
     """Load TruthfulQA MC items from ``mc_task.json``, ``TruthfulQA.csv`` or a Hub id."""
     p = Path(path)
     if p.is_file():
         return _load_csv(p) if p.suffix.lower() == ".csv" else _load_mc_json(p)
-    if "/" in str(path) and not p.exists() and not str(path).startswith((".", "/")) and str(path).count("/") == 1:
-        return _load_hub(str(path))
+    if _is_hub_id(path):
+        return _items_from_hub(str(path))
     raise UsageError(f"TruthfulQA data '{path}' does not exist (give mc_task.json, TruthfulQA.csv or a Hub id)")
 
 
@@ -423,32 +468,22 @@ class PrefixCachedScorer:
         """One body forward over the packed rows; returns each answer's summed log-prob (float64)."""
         R, L = batch.input_ids.shape
         inner, body = unwrap_causal_lm(self.model)
-        hidden = self._run_body(body, batch, n_prefix, cache).last_hidden_state
-        flat = hidden.reshape(R * L, -1)
-        read_index, read_token = batch.read_index.to(self.device), batch.read_token.to(self.device)
-        rows, inv = torch.unique(read_index, return_inverse=True)  # each scoring token's head runs once
+        hidden = self._run_body(body, batch, n_prefix, cache).last_hidden_state.reshape(R * L, -1)
+        rows = torch.unique(batch.read_index.to(self.device))  # each scoring token's head runs once
         head = inner.get_output_embeddings()
-        logprob = torch.empty(read_index.shape, dtype=torch.float64, device=self.device)
-        slab = 1024  # rows of (V,) logits held at once
-        for s in range(0, rows.shape[0], slab):
-            # log_softmax, not logits - logsumexp: the op lm-eval and contrastkit.score use. On CPU torch's fp32
-            # log_softmax runs ~1e-5 per token below the exact value, logsumexp does not; using the same op keeps
-            # our answer log-likelihoods within ~3e-5 of lm-eval's instead of up to ~3e-4 on long answers.
-            logprobs = torch.log_softmax(upcast(head(flat[rows[s:s + slab]])), dim=-1)  # (S, V)
-            sel = ((inv >= s) & (inv < s + slab)).nonzero().squeeze(-1)
-            logprob[sel] = logprobs[inv[sel] - s, read_token[sel]].double()
-        totals = torch.zeros(len(batch.answers), dtype=torch.float64, device=self.device)
-        return totals.index_add_(0, batch.read_answer.to(self.device), logprob)
+        # log_softmax, not logits - logsumexp: the op lm-eval and contrastkit.score use. On CPU torch's fp32
+        # log_softmax runs ~1e-5 per token below the exact value, logsumexp does not; using the same op keeps
+        # our answer log-likelihoods within ~3e-5 of lm-eval's instead of up to ~3e-4 on long answers.
+        return self._sum_reads(batch, 1024, lambda a, b: torch.log_softmax(upcast(head(hidden[rows[a:b]])), dim=-1))
 
     def _forward_packed_rule(self, batch, n_prefix: int, rule) -> torch.Tensor:
         """Every stream of ``rule`` over the packed rows; each answer's summed fused score (float64).
 
         Only the read positions' states are kept (final and, where the rule reads them, the lower
-        layers); the heads and the fuse run on those, in slabs.
+        layers); the heads and the fuse run on those, in slabs of ``rule_slab`` positions.
         """
         R, L = batch.input_ids.shape
-        read_index, read_token = batch.read_index.to(self.device), batch.read_token.to(self.device)
-        rows, inv = torch.unique(read_index, return_inverse=True)
+        rows = torch.unique(batch.read_index.to(self.device))
         states = {}
         for stream in rule.streams:
             primer = self._stream_cache(stream, n_prefix)  # before the switch: switches do not nest
@@ -457,20 +492,34 @@ class PrefixCachedScorer:
             final = out.last_hidden_state.reshape(R * L, -1)[rows]  # (U, d)
             low = {j: out.hidden_states[j].reshape(R * L, -1)[rows] for j in rule.layers} if stream.hidden else {}
             states[stream.name] = (final, low)
+
+        def fused(a: int, b: int):  # (S, V) once per position however many answers read it; or K of them
+            return rule.fused_scores({k: (f[a:b], {j: h[a:b] for j, h in low.items()})
+                                      for k, (f, low) in states.items()})
+
+        return self._sum_reads(batch, self.rule_slab, fused)
+
+    def _sum_reads(self, batch, slab: int, scores_at) -> torch.Tensor:
+        """Each answer's summed score over its read positions (float64): (answers,) or (answers, K).
+
+        ``scores_at(a, b)`` gives the (b - a, V) scores (or a list of K of them) of the unique read
+        positions ``a:b`` (in ``torch.unique(read_index)`` order); it runs once per slab of ``slab``
+        positions, and every read takes its token's entry from its position's row.
+        """
+        read_index, read_token = batch.read_index.to(self.device), batch.read_token.to(self.device)
+        rows, inv = torch.unique(read_index, return_inverse=True)
         score = None
-        slab = self.rule_slab  # read positions per fuse: several (S, V) tensors are held at once
         for s in range(0, rows.shape[0], slab):
             sel = ((inv >= s) & (inv < s + slab)).nonzero().squeeze(-1)
-            part = {k: (f[s:s + slab], {j: h[s:s + slab] for j, h in low.items()}) for k, (f, low) in states.items()}
-            fused = rule.fused_scores(part)  # (S, V), once per position however many answers read it; or K of them
-            fused = [fused] if torch.is_tensor(fused) else list(fused)
+            parts = scores_at(s, min(s + slab, rows.shape[0]))
+            parts = [parts] if torch.is_tensor(parts) else list(parts)
             if score is None:
-                score = torch.empty((read_index.shape[0], len(fused)), dtype=torch.float64, device=self.device)
-            for k, f in enumerate(fused):
+                score = torch.empty((read_index.shape[0], len(parts)), dtype=torch.float64, device=self.device)
+            for k, f in enumerate(parts):
                 score[sel, k] = f[inv[sel] - s, read_token[sel]].double()
         totals = torch.zeros((len(batch.answers), score.shape[1]), dtype=torch.float64, device=self.device)
         totals.index_add_(0, batch.read_answer.to(self.device), score)
-        return totals[:, 0] if score.shape[1] == 1 else totals  # (answers,) or (answers, K) for K components
+        return totals[:, 0] if score.shape[1] == 1 else totals
 
     def _score_one(self, ctx: list[int], conts: list[list[int]], n_prefix: int, prefix_cache) -> list[float]:
         suffix = torch.tensor([ctx[n_prefix:]], device=self.device)

@@ -32,6 +32,7 @@ from contrastkit.eval.truthfulqa import (
     QA_PRIMER,
     PrefixCachedScorer,
     answer_continuation,
+    attach_categories,
     build_context,
     dataset_info,
     load_truthfulqa,
@@ -56,6 +57,9 @@ class TruthfulQAConfig:
     chat: bool = field(default=False, metadata={"help": "wrap the prompt in the tokenizer's chat template"})
     limit: int | None = field(default=None, metadata={"help": "use only the first N questions"})
     start: int = field(default=0, metadata={"help": "skip the first N questions (e.g. 400 for a held-out split)"})
+    categories: str | None = field(default=None, metadata={"help": (
+        "TruthfulQA.csv or a Hub id whose Category/Type columns are joined to the questions by text, for the "
+        "per-category breakdown (mc_task.json has none; a Hub --data joins its generation config by itself)")})
     batch_size: int = field(default=32, metadata={"help": (
         "prompts per batch (generation); answers per pass for contrastive rules and the per-question "
         "MC fallback (plain-rule MC packs 4 rows of ~256 tokens per pass)")})
@@ -81,12 +85,19 @@ class TruthfulQAConfig:
 
 class _TruthfulQABase:
     default_chunk_size = 8  # items per task.run_items call when --chunk_size is not given
-    _shown = ("data", "preset", "chat", "limit", "start")
+    _shown = ("data", "preset", "chat", "limit", "start", "categories")
 
     def __init__(self, model, tokenizer, config: TruthfulQAConfig):
         self.model, self.tok, self.cfg = model, tokenizer, config
         data = load_truthfulqa(config.data)
         self._dataset = dataset_info(config.data, data)
+        if config.categories:  # does not change a score: not part of identity(); the breakdown reads the items
+            matched = attach_categories(data, config.categories)
+            self._dataset["categories"] = {"source": str(config.categories), "matched": matched, "of": len(data)}
+            if matched < len(data):
+                self._dataset.setdefault("notes", []).append(
+                    f"categories: {len(data) - matched} of {len(data)} questions are not in {config.categories} "
+                    f"and are left out of the per-category breakdown")
         if config.start >= len(data):
             raise UsageError(f"start={config.start} leaves no question (the data has {len(data)})")
         end = config.start + config.limit if config.limit else None
@@ -110,7 +121,7 @@ class _TruthfulQABase:
         return dict(self._dataset)
 
     def warnings(self) -> list[str]:
-        return [self._dataset["warning"]] if "warning" in self._dataset else []
+        return ([self._dataset["warning"]] if "warning" in self._dataset else []) + list(self._dataset.get("notes", []))
 
     def items(self) -> list[dict]:
         return [{"id": it.id, "item": it} for it in self._items]
@@ -122,13 +133,19 @@ class _TruthfulQABase:
         return build_context(question, self.cfg.preset, tokenizer=self.tok, chat=self.cfg.chat)
 
     def breakdown(self, records: list[dict]) -> dict:
-        """Per ``category`` and per ``type`` (CSV columns): mean of each item metric and n."""
+        """Per ``category`` and per ``type`` (CSV columns): mean of each item metric and n.
+
+        A record's group comes from this run's items (matched by question), so records written
+        before ``--categories`` was given are grouped too; the record's own fields otherwise.
+        """
+        current = {it.question: {"category": it.category, "type": it.type} for it in getattr(self, "_items", ())}
         out = {}
         for key in ("category", "type"):
             groups: dict[str, list[dict]] = {}
             for r in records:
-                if r.get(key):
-                    groups.setdefault(r[key], []).append(r)
+                group = current.get(r.get("question"), {}).get(key) or r.get(key)
+                if group:
+                    groups.setdefault(group, []).append(r)
             if groups:
                 out[key] = {g: {"n": len(rs), **{m: float(np.mean([r[m] for r in rs])) for m in self.item_metrics
                                                  if all(isinstance(r.get(m), (int, float)) for r in rs)}}
@@ -235,7 +252,8 @@ class TruthfulQAGen(_TruthfulQABase):
     """Generate answers with a strategy and score them against the references."""
 
     name = "truthfulqa-gen"
-    _shown = ("data", "gen_preset", "chat", "limit", "start", "max_new_tokens", "judge_truth", "judge_info")
+    _shown = ("data", "gen_preset", "chat", "limit", "start", "categories", "max_new_tokens", "judge_truth",
+              "judge_info")
     report_columns = ["bleu_acc", "bleu_diff", "rouge1_acc", "rouge2_acc", "rougeL_acc", "rougeL_diff", "true",
                       "info", "true_info"]
     item_metrics = [f"{m}_{k}" for m in ("bleu", "rouge1", "rouge2", "rougeL") for k in ("acc", "diff", "max")] + [
