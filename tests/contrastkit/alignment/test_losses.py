@@ -154,3 +154,51 @@ def test_loo_estimator_unbiased_on_categorical_toy():
     torch.testing.assert_close(plain.mean(0), grad_true, atol=2e-2, rtol=0)  # the other estimator is unbiased too
     torch.testing.assert_close(loo.mean(0), grad_true, atol=4e-3, rtol=0)
     assert (loo.std(0) < 0.5 * plain.std(0)).all()
+
+
+def _four_pairs():
+    """Log-ratios chosen (2, 0, 0.5, -1) and rejected (-1, 0, -0.5, 1): margins 3, 0, 1, -2 (one pair each of: big
+    win, tie, small win, loss). Every input requires grad, as in training."""
+    pc = torch.tensor([-1.0, -4.0, -2.0, -5.0], requires_grad=True)
+    rc = torch.tensor([-3.0, -4.0, -2.5, -4.0], requires_grad=True)
+    pr = torch.tensor([-2.0, -4.0, -3.0, -1.0], requires_grad=True)
+    rr = torch.tensor([-1.0, -4.0, -2.5, -2.0], requires_grad=True)
+    return pc, pr, rc, rr
+
+
+@pytest.mark.parametrize("fn", [dpo_loss, hinge_loss])
+def test_rewards_are_beta_times_own_logratio_and_detached_under_grad(fn):
+    """Rewards are beta * (policy - reference) of the *same* completion, chosen first, detached even when every
+    input carries a graph (the trainers log them; a graph there leaks memory and gradients)."""
+    pc, pr, rc, rr = _four_pairs()
+    losses, cw, rw = fn(pc, pr, rc, rr, beta=0.5)
+    assert cw.tolist() == [1.0, 0.0, 0.25, -0.5] and rw.tolist() == [-0.5, 0.0, -0.25, 0.5]
+    assert losses.requires_grad and not cw.requires_grad and not rw.requires_grad
+    assert cw.grad_fn is None and rw.grad_fn is None
+
+
+def test_hinge_loss_hand_worked_values_and_gradient():
+    """SLiC hinge max(0, 1 - beta*margin), beta=0.5, margins 3, 0, 1, -2 -> 0, 1, 0.5, 2; the gradient wrt the
+    chosen policy log-prob is -beta where the hinge is active (beta*margin < 1) and 0 where it is not."""
+    pc, pr, rc, rr = _four_pairs()
+    losses, _, _ = hinge_loss(pc, pr, rc, rr, beta=0.5)
+    assert losses.tolist() == pytest.approx([0.0, 1.0, 0.5, 2.0], abs=1e-6)
+    losses.sum().backward()
+    assert pc.grad.tolist() == pytest.approx([0.0, -0.5, -0.5, -0.5])
+    assert pr.grad.tolist() == pytest.approx([0.0, 0.5, 0.5, 0.5])
+    assert rc.grad.tolist() == pytest.approx([0.0, 0.5, 0.5, 0.5])
+    # another beta scales the margin, not the constant 1
+    assert hinge_loss(pc, pr, rc, rr, beta=0.25)[0].tolist() == pytest.approx([0.25, 1.0, 0.75, 1.5], abs=1e-6)
+
+
+def test_dpo_loss_hand_worked_four_pairs_and_gradient():
+    """-log sigma(beta*margin) on margins 3, 0, 1, -2 (beta 0.5); d/d policy_chosen = -beta * sigma(-beta*margin)."""
+    pc, pr, rc, rr = _four_pairs()
+    losses, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5)
+    margins = [3.0, 0.0, 1.0, -2.0]
+    assert losses.tolist() == pytest.approx([math.log1p(math.exp(-0.5 * m)) for m in margins], abs=1e-6)
+    losses.sum().backward()
+    sig = [1 / (1 + math.exp(0.5 * m)) for m in margins]  # sigma(-beta * m)
+    assert pc.grad.tolist() == pytest.approx([-0.5 * s for s in sig], abs=1e-6)
+    assert pr.grad.tolist() == pytest.approx([0.5 * s for s in sig], abs=1e-6)
+    assert rr.grad.tolist() == pytest.approx([-0.5 * s for s in sig], abs=1e-6)

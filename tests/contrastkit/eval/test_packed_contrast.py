@@ -339,3 +339,66 @@ def reference_plain(tok, model, context, answer):
     seq = tok(context + answer, add_special_tokens=False)["input_ids"]
     lp = lsm(model(torch.tensor([seq])).logits[0])
     return sum(float(lp[t - 1, seq[t]]) for t in range(len(ctx), len(seq)))
+
+
+def test_packed_scorer_two_adapters_on_one_expert(tiny_tok, tmp_path):
+    """Two adapter amateurs share the expert's PEFT wrapper (one model object): each keeps its own primer cache."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    dirs, merged = [], []
+    for seed in (5, 6):
+        body = tiny_llama(0, init_range=0.3, num_layers=N)
+        torch.manual_seed(seed)  # after the body (its maker seeds the RNG): the LoRA weights differ per seed
+        get_peft_model(body,
+                       LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+                       ).save_pretrained(str(tmp_path / f"ad{seed}"))
+        dirs.append(str(tmp_path / f"ad{seed}"))
+        merged.append(PeftModel.from_pretrained(tiny_llama(0, init_range=0.3, num_layers=N), dirs[-1])
+                      .merge_and_unload().eval())
+    expert = tiny_llama(0, init_range=0.3, num_layers=N)
+    bind_tokenizer(expert, tiny_tok)
+    scorer = PrefixCachedScorer(expert, tiny_tok, pack_tokens=48)
+    base = tiny_llama(0, init_range=0.3, num_layers=N)
+    for d, m in zip(dirs, merged):
+        got = score_answers(expert, tiny_tok, contexts(), ANSWERS, "icd", amateur=d, cached_scorer=scorer)
+        assert_close(got, reference_table(tiny_tok, base, m))
+    a, b = (reference_table(tiny_tok, base, m) for m in merged)
+    assert max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)) > 0.05  # the adapters differ
+
+
+def test_packed_score_alpha_masks_like_unpacked(contrast_models, tiny_tok):
+    """score_alpha > 0 (the plausibility head when scoring): packed equals unpacked, -inf where masked.
+
+    The tiny models spread their mass over 512 tokens, so a tiny alpha already masks 6 of 10 answers.
+    """
+    expert, amateur = contrast_models
+    got = packed(expert, tiny_tok, "cd", amateur=amateur, score_alpha=2e-5)
+    want = score_answers(expert, tiny_tok, contexts(), ANSWERS, "cd", amateur=amateur, score_alpha=2e-5, packed=False)
+    flat_got, flat_want = [x for r in got for x in r], [x for r in want for x in r]
+    assert [math.isinf(x) for x in flat_got] == [math.isinf(x) for x in flat_want]
+    n_inf = sum(map(math.isinf, flat_want))
+    assert 0 < n_inf < len(flat_want)  # the mask bites on some answers, not all
+    assert_close([[x for x in flat_got if not math.isinf(x)]], [[x for x in flat_want if not math.isinf(x)]])
+    assert all(not math.isinf(x) for r in packed(expert, tiny_tok, "cd", amateur=amateur) for x in r)
+
+
+def test_alibi_amateur_keeps_the_contrast_rule_unpacked(contrast_models, tiny_tok):
+    """A separate amateur that packing would get wrong (ALiBi: Bloom) sends the rule down the unpacked path."""
+    import transformers as tf
+
+    expert, _ = contrast_models
+    V = expert.get_output_embeddings().weight.shape[0]
+    cfg = tf.BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=V, bos_token_id=expert.config.bos_token_id,
+                         eos_token_id=expert.config.eos_token_id, pad_token_id=tiny_tok.pad_token_id)
+    torch.manual_seed(0)
+    bloom = tf.BloomForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in bloom.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    scorer = PrefixCachedScorer(expert, tiny_tok, pack_tokens=48)
+    calls = []
+    orig = scorer._forward_packed_rule
+    scorer._forward_packed_rule = lambda *a: calls.append(1) or orig(*a)
+    got = score_answers(expert, tiny_tok, contexts(), ANSWERS, "cd", amateur=bloom, cached_scorer=scorer)
+    assert not calls, "an ALiBi amateur went down the packed path"
+    assert_close(got, reference_table(tiny_tok, expert, bloom))
