@@ -2,7 +2,8 @@
 
 Each directory is a ``contrastkit eval ...`` output (``summary.json`` + ``records/``). Every run
 (label) in every directory becomes a row, named ``<dir>/<label>`` when several directories are
-given. Metrics with per-item values (the task's ``item_metrics``, recorded in ``summary.json``)
+given, where ``<dir>`` is the directory's name, or as many of its trailing path parts as make it
+unique (``exp1/out/greedy`` and ``exp2/out/greedy``); a directory given twice is an error. Metrics with per-item values (the task's ``item_metrics``, recorded in ``summary.json``)
 get a standard error and a bootstrap CI, and every run is compared with the baseline on the
 items both have (paired bootstrap and sign test, :mod:`contrastkit.eval.stats`). Items are
 matched by id *and* by the stored item text (``item_key``), so runs over different data
@@ -30,6 +31,20 @@ def _load_dir(path: Path) -> dict:
         raise UsageError(f"{summary_path}:{e.lineno}: malformed JSON ({e.msg})") from None
 
 
+def dir_names(paths: list[Path]) -> list[str]:
+    """A unique display name per run directory: the fewest trailing path parts that tell them apart."""
+    resolved = [p.resolve() for p in paths]
+    for i, r in enumerate(resolved):
+        if r in resolved[:i]:
+            raise UsageError(f"'{paths[i]}' is given twice (as '{paths[resolved.index(r)]}'): give each run "
+                             f"directory once")
+    for k in range(1, max(len(r.parts) for r in resolved) + 1):
+        names = ["/".join(r.parts[-k:]) if len(r.parts) > 1 else str(r) for r in resolved]
+        if len(set(names)) == len(names):
+            return names
+    return [str(r) for r in resolved]
+
+
 def collect(dirs: list[str | Path]) -> tuple[dict, dict[str, dict]]:
     """``(summary, per_item)``: a report summary over every run of every directory and their records by item."""
     from contrastkit.eval.report import item_statistics
@@ -38,6 +53,7 @@ def collect(dirs: list[str | Path]) -> tuple[dict, dict[str, dict]]:
         raise UsageError("give at least one run directory")
     paths = [Path(d) for d in dirs]
     loaded = [(p, _load_dir(p)) for p in paths]
+    names = dict(zip(paths, dir_names(paths)))
     tasks = {s.get("task") for _, s in loaded}
     if len(tasks) > 1:
         raise UsageError(f"runs of different tasks cannot be compared: {sorted(map(str, tasks))}")
@@ -51,7 +67,7 @@ def collect(dirs: list[str | Path]) -> tuple[dict, dict[str, dict]]:
     for p, s in loaded:
         for key in ("metric_labels", "metric_help", "higher_is_better", "metric_scale"):
             merged[key].update(s.get(key, {}))
-        prefix = f"{p.name or p}: " if len(paths) > 1 else ""
+        prefix = f"{names[p]}: " if len(paths) > 1 else ""
         merged["warnings"] += [prefix + w for w in s.get("warnings", []) if prefix + w not in merged["warnings"]]
         merged["item_metrics"] += [m for m in s.get("item_metrics", []) if m not in merged["item_metrics"]]
     shas = {json.dumps((s.get("dataset") or {}).get("sha256")) for _, s in loaded}
@@ -61,7 +77,7 @@ def collect(dirs: list[str | Path]) -> tuple[dict, dict[str, dict]]:
     per_item: dict[str, dict] = {}
     for p, s in loaded:
         for label, run in s.get("strategies", {}).items():
-            name = f"{p.name or p}/{label}" if len(paths) > 1 else label
+            name = f"{names[p]}/{label}" if len(paths) > 1 else label
             records = load_records(p / "records" / f"{label}.jsonl")
             entry = {k: run.get(k) for k in ("name", "params", "model", "items_per_s")}
             # per-item metrics from every record of the run (mean, stderr and CI over the same items);

@@ -94,3 +94,25 @@ def test_compare_cli_and_errors(tmp_path, capsys):
         compare(dirs, tmp_path / "c", baseline="ra/a")
     with pytest.raises(UsageError, match="unknown metric 'ac'"):
         compare(dirs, tmp_path / "c", metrics=["ac"])
+
+
+def test_directories_with_the_same_name_keep_both_runs(tmp_path):
+    """exp1/out and exp2/out: rows named by enough trailing path parts to be unique, both runs paired."""
+    run_evaluation(ItemTask(), [StrategySpec("A", "greedy")], tmp_path / "exp1" / "out", progress=False)
+    run_evaluation(ItemTask(), [StrategySpec("B", "sample")], tmp_path / "exp2" / "out", progress=False)
+    summary = compare([tmp_path / "exp1" / "out", tmp_path / "exp2" / "out"], tmp_path / "cmp",
+                      baseline="exp2/out/B")
+    assert list(summary["strategies"]) == ["exp2/out/B", "exp1/out/A"]
+    assert summary["strategies"]["exp1/out/A"]["metrics"]["acc"] == pytest.approx(4 / 6)
+    [row] = summary["paired"]
+    assert row["run"] == "exp1/out/A" and row["diff"] == pytest.approx(1 / 3)
+    # other names stay short: one part where one part is unique
+    run_evaluation(ItemTask(), [StrategySpec("A", "greedy")], tmp_path / "solo", progress=False)
+    s2 = compare([tmp_path / "solo", tmp_path / "exp2" / "out"], tmp_path / "cmp2")
+    assert set(s2["strategies"]) == {"solo/A", "out/B"}
+
+
+def test_a_directory_given_twice_is_refused(tmp_path):
+    dirs = _make(tmp_path)
+    with pytest.raises(UsageError, match="given twice"):
+        compare([dirs[0], dirs[1], tmp_path / "ra" / ".." / "ra"], tmp_path / "cmp")
