@@ -202,3 +202,40 @@ def test_dpo_loss_hand_worked_four_pairs_and_gradient():
     assert pc.grad.tolist() == pytest.approx([-0.5 * s for s in sig], abs=1e-6)
     assert pr.grad.tolist() == pytest.approx([0.5 * s for s in sig], abs=1e-6)
     assert rr.grad.tolist() == pytest.approx([-0.5 * s for s in sig], abs=1e-6)
+
+
+def test_loss_default_beta_is_0_1():
+    pc, pr, rc, rr = _four_pairs()
+    for fn in (dpo_loss, hinge_loss):
+        torch.testing.assert_close(fn(pc, pr, rc, rr)[0], fn(pc, pr, rc, rr, beta=0.1)[0], atol=0, rtol=0)
+        torch.testing.assert_close(fn(pc, pr, rc, rr)[1], torch.tensor([0.2, 0.0, 0.05, -0.1]))
+
+
+def test_token_rewards_are_float32_for_low_precision_inputs():
+    better = torch.tensor([[-0.5, -3.0, -1.0]], dtype=torch.bfloat16)
+    worse = torch.tensor([[-1.5, -1.0, -1.0]], dtype=torch.bfloat16)
+    r = token_rewards_from_logps(better, worse)
+    assert r.dtype == torch.float32
+    torch.testing.assert_close(r, torch.sigmoid(torch.tensor([[1.0, -2.0, 0.0]])) - 0.5, atol=1e-6, rtol=0)
+
+
+def test_treg_mean_reduction_of_a_row_without_completion_tokens_is_zero_not_nan():
+    """A completion cut away entirely by truncation has an all-zero mask row: its mean is 0 (no 0/0)."""
+    pol, ref, rhat, mask = _treg_inputs(4, B=2, T=5)
+    mask[1] = 0
+    pol, ref, rhat = pol.detach() * mask, ref * mask, rhat * mask
+    reg, _ = treg_regularizer(pol, ref, rhat, mask, beta=0.1, reduction="mean")
+    assert torch.isfinite(reg).all()
+    per_row = -(rhat * 0.1 * (pol - ref)).sum(1) / mask.sum(1).clamp(min=1)
+    assert per_row[1] == 0
+
+
+def test_loo_with_two_samples_by_hand():
+    """k = 2: each sample's baseline is the other one's kl, so the advantages are +-(kl_1 - kl_2)."""
+    pol = torch.tensor([[-1.0, -4.0]], requires_grad=True)
+    ref = torch.tensor([[-2.0, -2.0]])  # kl = (1, -2)
+    sur, kl = loo_reverse_kl_surrogate(pol, ref)
+    assert kl.tolist() == [-0.5]
+    assert sur.tolist() == pytest.approx([(3.0 * -1.0 + -3.0 * -4.0) / 2])
+    sur.sum().backward()
+    assert pol.grad.tolist() == [[1.5, -1.5]]

@@ -142,3 +142,71 @@ def test_smollm2_greedy_matches_hf_and_batches(smollm2):
     for row, r in zip(ref[:, enc.input_ids.shape[1]:].tolist(), res):
         assert r.token_ids == row[: len(r.token_ids)]
     assert "Paris" in res[0].text
+
+
+def test_sample_matches_hf_with_top_k_top_p_and_repetition_penalty(tiny_llama, tiny_tok):
+    """All warpers and a processor at once, on a flattened distribution (T = 2) where top-k cuts real mass:
+    HF's order (processors, then temperature, top-k, top-p) draw for draw with the same global RNG."""
+    enc = _batch(tiny_tok)
+    kw = dict(top_k=6, top_p=0.5, temperature=2.0, repetition_penalty=2.0, max_new_tokens=12)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ref = tiny_llama.generate(**enc, do_sample=True, **kw)
+        torch.manual_seed(seed)
+        ours = tiny_llama.generate(**enc, custom_generate=sample, **kw)
+        assert torch.equal(ref, ours), seed
+
+
+def test_sample_defaults_are_no_filter(tiny_llama, tiny_tok):
+    """Without top_k the callable and the config apply no top-k (HF's top_k=50 default must not leak in)."""
+    import dataclasses
+
+    from contrastkit.decoding.plain import BeamConfig, SampleConfig
+
+    assert dataclasses.astuple(SampleConfig()) == (1.0, 0, 1.0, None)
+    assert BeamConfig().num_beams == 4 and BeamConfig().length_penalty == 1.0 and BeamConfig().early_stopping is False
+    enc = _batch(tiny_tok)
+    torch.manual_seed(0)
+    ref = tiny_llama.generate(**enc, do_sample=True, top_k=0, temperature=4.0, max_new_tokens=12)
+    torch.manual_seed(0)
+    ours = tiny_llama.generate(**enc, custom_generate=sample, temperature=4.0, max_new_tokens=12)
+    assert torch.equal(ref, ours)
+    a = contrastkit.generate(tiny_llama, tiny_tok, PROMPTS, "sample", max_new_tokens=12, temperature=4.0, seed=9)
+    b = contrastkit.generate(tiny_llama, tiny_tok, PROMPTS, "sample", max_new_tokens=12, temperature=4.0, seed=9,
+                             top_k=0)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+
+
+def test_sample_seed_zero_is_a_seed(tiny_llama, tiny_tok):
+    """seed=0 seeds the callable's own generator: the global RNG's state does not matter (called straight from
+    model.generate, as contrastkit.generate also seeds the global RNG)."""
+    enc = _batch(tiny_tok)
+    outs = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        outs.append(tiny_llama.generate(**enc, max_new_tokens=10, custom_generate=sample, temperature=3.0, seed=0))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_sample_honours_user_logits_processors(tiny_llama, tiny_tok):
+    class OnlyToken(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            out = torch.full_like(scores, -float("inf"))
+            out[:, 7] = 0.0
+            return out
+
+    enc = _batch(tiny_tok)
+    out = tiny_llama.generate(**enc, max_new_tokens=5, custom_generate=sample, seed=0, temperature=2.0,
+                              logits_processor=LogitsProcessorList([OnlyToken()]))
+    assert (out[:, enc.input_ids.shape[1]:] == 7).all()
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=0.0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1)])
+def test_sample_bad_values_are_usage_errors(tiny_llama, tiny_tok, bad):
+    from contrastkit.errors import UsageError
+
+    with pytest.raises(UsageError):
+        contrastkit.generate(tiny_llama, tiny_tok, PROMPTS, "sample", max_new_tokens=2, **bad)
+    enc = _batch(tiny_tok)
+    with pytest.raises(UsageError):  # called straight from model.generate, the callable validates too
+        tiny_llama.generate(**enc, max_new_tokens=2, custom_generate=sample, **bad)

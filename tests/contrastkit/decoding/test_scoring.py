@@ -63,3 +63,39 @@ def test_icd_score_is_expert_minus_amateur(models, tiny_tok):
     icd = flat_scores(contrastkit.score(E, tiny_tok, CONTEXTS, CONTS, "icd", amateur=A))
     for x, y, z in zip(e, a, icd):
         assert torch.allclose(torch.tensor(x) - torch.tensor(y), torch.tensor(z), atol=1e-4)
+
+
+def _reference_log_probs(model, c_ids, x_ids):
+    """Each (context + continuation) sequence on its own, unpadded, default positions 0..T-1."""
+    with torch.no_grad():
+        logits = model(torch.tensor([c_ids + x_ids])).logits[0].float()
+    return [torch.log_softmax(logits[len(c_ids) - 1 + t], -1)[x].item() for t, x in enumerate(x_ids)]
+
+
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_absolute_position_model_matches_unpadded_reference(tiny_tok, share_prompt):
+    """GPT-2 has learned absolute positions, so a left-padded batch or a shared prompt whose tokens sit
+    at the wrong positions changes its scores (RoPE models would hide a uniform shift)."""
+    from contrastkit.testing import tiny_gpt2
+
+    model = tiny_gpt2(2, init_range=0.3)
+    res = contrastkit.score(model, tiny_tok, CONTEXTS, CONTS, "greedy", share_prompt=share_prompt, batch_size=3)
+    for ctx, conts, row in zip(CONTEXTS, CONTS, res):
+        for cont, got in zip(conts, row):
+            c_ids, x_ids = encode_pair(tiny_tok, ctx, cont)
+            assert got.token_ids == x_ids
+            ref = _reference_log_probs(model, c_ids, x_ids)
+            assert torch.allclose(torch.tensor(got.token_scores), torch.tensor(ref), atol=1e-4), (ctx, cont)
+
+
+def test_encode_pair_moves_trailing_context_space_to_the_continuation(tiny_tok):
+    ids = lambda s: tiny_tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ctx, cont = encode_pair(tiny_tok, "red ", "tree")
+    assert ctx == ids("red")
+    assert cont == ids("red tree")[len(ids("red")):]
+    assert ctx + cont == ids("red tree")
+    # two trailing spaces move too
+    ctx2, cont2 = encode_pair(tiny_tok, "Q: the cat  ", "x")
+    assert ctx2 == ids("Q: the cat") and ctx2 + cont2 == ids("Q: the cat  x")
+    # an empty context conditions on BOS
+    assert encode_pair(tiny_tok, "", "red tree") == ([tiny_tok.bos_token_id], ids("red tree"))

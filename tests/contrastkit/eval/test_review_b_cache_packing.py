@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,58 @@ def test_load_records_drops_everything_after_a_torn_line(tmp_path):
     assert list(load_records(path, rewrite=True)) == [0]
     assert path.read_text() == '{"id": 0}\n'
     assert json.loads(path.read_text()) == {"id": 0}
+
+
+def test_flatten_keeps_empty_dicts_as_values():
+    from contrastkit.eval.cache import flatten
+
+    assert flatten({"a": {}, "b": {"c": 1, "d": {"e": [1, 2]}}, "f": None}) == {
+        "a": {}, "b.c": 1, "b.d.e": [1, 2], "f": None}
+
+
+def test_open_drops_records_that_have_no_meta(tmp_path):
+    path = tmp_path / "greedy.jsonl"
+    path.write_text('{"id": 0, "item_key": "q0"}\n')  # records left without their .meta.json: provenance unknown
+    cache = RecordCache(path, {"task": "t"})
+    assert cache.records == {}
+    cache.open()
+    assert cache.records == {} and not (path.exists() and path.read_text()) and cache.meta.is_file()
+
+
+def test_old_cache_format_is_refused(tmp_path):
+    path = tmp_path / "greedy.jsonl"
+    cache = RecordCache(path, {"task": "t"}).open()
+    cache.append([{"id": 0}])
+    meta = json.loads(cache.meta.read_text())
+    meta["schema"] = 1
+    cache.meta.write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match="older contrastkit"):
+        RecordCache(path, {"task": "t"})
+    assert list(RecordCache(path, {"task": "t"}, overwrite=True).open().records) == []
+
+
+def test_reopening_keeps_the_creation_time(tmp_path):
+    path = tmp_path / "greedy.jsonl"
+    first = RecordCache(path, {"task": "t"}).open()
+    first.append([{"id": 0}])
+    created = json.loads(first.meta.read_text())["created"]
+    again = RecordCache(path, {"task": "t"})
+    assert again.created == created
+    again.open()
+    assert json.loads(again.meta.read_text())["created"] == created  # the run's place in the directory order
+    assert list(again.records) == [0]
+
+
+def test_mismatch_names_added_removed_and_changed_fields():
+    from contrastkit.eval.cache import changed_fields, mismatch_message
+
+    old = {"task": "t", "strategy.alpha": 0.1, "strategy.old_field": 1}
+    new = {"task": "t", "strategy.alpha": 0.2, "strategy.new_field": 2}
+    assert changed_fields(old, new) == ["strategy.alpha", "strategy.new_field", "strategy.old_field"]
+    assert changed_fields(old, dict(old)) == []
+    tmp = Path("r/greedy.jsonl")
+    msg = mismatch_message(tmp, old, new)
+    assert msg.startswith(f"{tmp} was computed with a different strategy.alpha, strategy.new_field, strategy.old_field")
+    assert 'strategy.new_field: "<absent>" -> 2' in msg and 'strategy.old_field: 1 -> "<absent>"' in msg
+    many = {f"k{i}": i for i in range(5)}
+    assert "(and 2 more)" in mismatch_message(tmp, many, {})

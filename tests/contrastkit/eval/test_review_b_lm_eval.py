@@ -38,3 +38,29 @@ def test_generate_until_keeps_the_end_of_a_long_prompt(tiny_llama, tiny_tok):
     head = generate(tiny_llama, tiny_tok, [ids[:keep]], "greedy", max_new_tokens=max_new)[0].text
     assert tail != head  # the check below can tell the two apart
     assert got == tail
+
+
+def test_is_greedy_decodes_by_the_rules_argmax(tiny_llama, tiny_tok):
+    # a plain rule's argmax is greedy decoding, whatever the sampling strategy's own parameters
+    lm = ContrastkitLM(model=tiny_llama, tokenizer=tiny_tok, strategy="sample", temperature=0.7, check_greedy=False)
+    assert lm._greedy_strategy() == ("greedy", {})
+    # a contrastive rule decodes with its own strategy, sampling switched off
+    lm = ContrastkitLM(model=tiny_llama, tokenizer=tiny_tok, strategy="dola", sampling=True, check_greedy=False)
+    name, params = lm._greedy_strategy()
+    assert name == "dola" and params["sampling"] is False
+    assert lm.params["sampling"] is True  # the scoring rule's own parameters are left alone
+
+
+def test_generate_until_takes_a_single_string_as_one_stop_sequence(tiny_llama, tiny_tok):
+    prompt = "Once upon"
+    ids = tiny_tok(prompt, add_special_tokens=False)["input_ids"]
+    full = generate(tiny_llama, tiny_tok, [ids], "greedy", max_new_tokens=16)[0].text
+    # a two-character stop string whose first character already occurs earlier in the text: a stop string
+    # read character by character would cut the text sooner
+    i = next(i for i in range(len(full) - 2, 0, -1) if full.find(full[i:i + 2]) == i and full[i] in full[:i])
+    stop = full[i:i + 2]
+    assert full.split(stop)[0] != full.split(stop[0])[0]
+    lm = ContrastkitLM(model=tiny_llama, tokenizer=tiny_tok)
+    req = [Instance(request_type="generate_until", doc={}, arguments=(prompt, {"until": stop, "max_gen_toks": 16}),
+                    idx=0)]
+    assert lm.generate_until(req, disable_tqdm=True) == [full.split(stop)[0]]

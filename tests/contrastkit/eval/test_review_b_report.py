@@ -98,3 +98,29 @@ def test_compare_one_directory_keeps_plain_labels_and_warns_on_other_data(tmp_pa
     summary_path.write_text(json.dumps(saved))
     s = compare([tmp_path / "r", tmp_path / "r2"], tmp_path / "cmp2")
     assert any("different data files" in w for w in s["warnings"])
+
+
+class ScaledTask(ItemTask):
+    metric_scale = {"acc": 100.0}
+    metric_labels = {"acc": "Accuracy (%)"}
+
+
+def test_compare_carries_metric_scale_and_labels_into_its_table(tmp_path):
+    run_evaluation(ScaledTask(), [StrategySpec("A", "greedy")], tmp_path / "r", progress=False, plots=False)
+    s = compare([tmp_path / "r"], tmp_path / "cmp")
+    assert s["metric_scale"] == {"acc": 100.0}
+    table = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| run | strategy | params | Accuracy (%) | n | items/s |" in table
+    assert "| A | greedy | - | 66.67 ±" in table  # mean 4/6 shown x100
+
+
+def test_compare_refuses_runs_of_different_tasks(tmp_path):
+    from contrastkit.errors import UsageError
+
+    class OtherTask(ItemTask):
+        name = "other"
+
+    run_evaluation(ItemTask(), [StrategySpec("A", "greedy")], tmp_path / "r1", progress=False, plots=False)
+    run_evaluation(OtherTask(), [StrategySpec("B", "sample")], tmp_path / "r2", progress=False, plots=False)
+    with pytest.raises(UsageError, match="different tasks"):
+        compare([tmp_path / "r1", tmp_path / "r2"], tmp_path / "cmp")

@@ -52,3 +52,29 @@ def test_cosine_coherence_normalises_each_example():
     assert M.cosine_coherence(b, a) == pytest.approx(0.98)
     # scaling one example's features does not change its cosine
     assert M.cosine_coherence(a * np.array([[10.0], [0.5]]), b) == pytest.approx(0.98)
+
+
+def test_mc_metrics_reports_both_tie_rules_for_mc1():
+    # the best true answer ties the best false one: strict MC1 says wrong, lm-eval's argmax rule says right
+    m = M.mc_metrics([-1.0, -1.0, -3.0], [1, 0, 0], [-1.0, -2.0], [1, 0])
+    assert m["mc1"] == 0.0 and m["mc1_lmeval"] == 1.0
+    m = M.mc_metrics([-1.0, -1.0, -3.0], [1, 0, 0], [-1.0, -2.0], [1, 0], ties="argmax")
+    assert m["mc1"] == 1.0 and m["mc1_lmeval"] == 1.0
+    # a clear loss is a loss under both rules
+    m = M.mc_metrics([-2.0, -1.0], [1, 0], [-1.0, -2.0], [1, 0])
+    assert m["mc1"] == 0.0 and m["mc1_lmeval"] == 0.0
+
+
+def test_logsumexp_edge_cases():
+    import math
+
+    assert M.logsumexp([]) == -math.inf
+    assert M.logsumexp([-math.inf, -math.inf]) == -math.inf
+    assert M.logsumexp([0.0, 0.0]) == pytest.approx(math.log(2))
+    assert M.logsumexp([-1000.0, -1000.0 + math.log(3)]) == pytest.approx(-1000.0 + math.log(4))
+
+
+def test_ngrams_split_on_any_whitespace():
+    # "a  b\nc d" has tokens a b c d whatever the spacing: bigrams ab bc cd
+    assert M.ngram_counts("  a  b\nc\td  ", 2, simctg_quirk=False) == (3, 3)
+    assert M.ngram_counts("  a  b\nc\td  ", 2) == (2, 2)
