@@ -1,4 +1,4 @@
-"""lm-eval plugin details (review b): the rolling-window prefix token, batch_size parsing, prompt truncation."""
+"""lm-eval plugin details: the rolling-window prefix token, batch_size parsing, prompt truncation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Record cache identity and the packed trie layout (review b), checked against rules written out here."""
+"""Record cache identity and the packed trie layout, checked against rules written out here."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stats and metric rules pinned by hand-computed values (review b): paired CI level, bootstrap index range,
+"""Stats and metric rules pinned by hand-computed values: paired CI level, bootstrap index range,
 row-wise coherence."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Report and compare wiring (review b): which numbers land in which cell, which items are paired,
+"""Report and compare wiring: which numbers land in which cell, which items are paired,
 and which records ``eval compare`` averages. Every expected value is worked out by hand below."""
 
 from __future__ import annotations
