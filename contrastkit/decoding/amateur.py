@@ -49,6 +49,11 @@ class Amateur:
     def shares_expert(self) -> bool:
         return self.kind == "adapter"
 
+    @property
+    def mixes_rows(self) -> bool:
+        """Expert and amateur rows can share one forward (plain LoRA: the row-masked ``lora_A`` path)."""
+        return self.kind == "adapter" and bool(self.lora_layers)
+
     def forward(self, adapter_names: list[str] | None = None, **kwargs):
         """Run the amateur (or, for an adapter amateur, rows named by ``adapter_names``).
 
@@ -57,8 +62,10 @@ class Amateur:
         every ``lora_A`` multiplies its input by a 0/1 row mask, so expert rows get an exact zero
         LoRA delta (``base(x) + 0``) and amateur rows the plain LoRA output. This is what peft's
         ``adapter_names`` mixed batches compute, without their per-call hook registration and index
-        lists (measured ~75 ms/step of overhead on SmolLM2 on CPU); layers this trick cannot cover
-        (LoRA variants such as DoRA) fall back to peft's own ``adapter_names`` path.
+        lists (measured ~75 ms/step of overhead on SmolLM2 on CPU). Adapters this trick cannot cover
+        (LoRA variants such as DoRA: :attr:`mixes_rows` is False) are not given mixed rows: the
+        decoding loop runs their amateur rows as a forward of their own (peft refuses
+        ``adapter_names`` batches for DoRA).
         """
         if self.kind == "model":
             return self.model(**kwargs)
@@ -69,8 +76,9 @@ class Amateur:
         with self.enabled():
             if all(n == self.adapter_name for n in names):
                 return self.model(**kwargs)
-            if not self.lora_layers:  # no fast path: peft's mixed-adapter batch
-                return self.model(adapter_names=names, **kwargs)
+            if not self.mixes_rows:
+                raise UsageError(f"adapter '{self.adapter_name}' is a LoRA variant (e.g. DoRA) that cannot run "
+                                 f"mixed expert/amateur rows; use mixed_batch=false")
             mask = torch.tensor([n == self.adapter_name for n in names], device=kwargs["input_ids"].device)
             self.row_mask[0] = mask
             try:
@@ -81,8 +89,9 @@ class Amateur:
     @contextlib.contextmanager
     def enabled(self):
         """The adapter's layers switched on for the block (they are off otherwise)."""
-        if self.model.active_adapter != self.adapter_name:  # several adapters attached to one expert
-            self.model.base_model.set_adapter(self.adapter_name)
+        tuner = self.model.base_model  # the LoraModel: its active_adapter is what set_adapter changes (the
+        if tuner.active_adapter != self.adapter_name:  # PeftModel's own attribute is not); several adapters
+            tuner.set_adapter(self.adapter_name)  # attached to one expert take turns
         if not self.lora_layers:
             with adapters_enabled(self.model):
                 yield

@@ -96,7 +96,8 @@ class ContrastConfig:
         default=None, metadata={"help": "Token ids of the instruction (overrides the text; no tokenizer needed)."}
     )
     mixed_batch: bool = field(
-        default=True, metadata={"help": "With an adapter amateur, run all streams as one mixed-adapter forward."}
+        default=True, metadata={"help": "With an adapter amateur, run all streams as one mixed-adapter forward "
+                                        "(plain LoRA; a LoRA variant such as DoRA runs its amateur rows apart)."}
     )
     sampling: bool = field(default=False, metadata={"help": "Sample from softmax(F / temperature) instead of argmax."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature, > 0."})
@@ -269,7 +270,7 @@ class ContrastSession(ContrastFuser):
             inputs["refocus"] = (torch.cat([instr, input_ids], 1), torch.cat([torch.ones_like(instr), mask], 1))
         hidden = self.needs_hidden()
         names = list(inputs)
-        if amateur.kind == "adapter" and cfg.mixed_batch and not external_expert and len(names) > 1:
+        if amateur.mixes_rows and cfg.mixed_batch and not external_expert and len(names) > 1:
             adapter = {"expert": BASE, "refocus": BASE, "amateur": amateur.adapter_name}
             plan = [(names, amateur.forward, [adapter[n] for n in names for _ in range(B)])]
         else:

@@ -247,7 +247,7 @@ def write_plots(summary: dict, out: Path, specs: list) -> list[str]:
 
 
 def _category_plot(summary: dict, out: Path, plt) -> str:
-    """Horizontal bars: the first per-item metric per category, one bar per run."""
+    """Horizontal bars: the first per-item metric per category, one bar per run, 95% bootstrap CI error bars."""
     runs = {k: s["breakdown"]["category"] for k, s in summary["strategies"].items()
             if s.get("breakdown", {}).get("category")}
     metric = summary["item_metrics"][0]
@@ -256,10 +256,14 @@ def _category_plot(summary: dict, out: Path, plt) -> str:
     height = 0.8 / len(runs)
     for j, (label, b) in enumerate(runs.items()):
         ys = [i + j * height for i in range(len(groups))]
-        ax.barh(ys, [b.get(g, {}).get(metric, 0.0) for g in groups], height, label=label)
+        xs = [b.get(g, {}).get(metric, 0.0) for g in groups]
+        ci = [(b.get(g, {}).get("stats") or {}).get(metric) or {} for g in groups]  # 95% bootstrap CI per group
+        err = [[max(0.0, x - c["ci_lo"]) if c.get("ci_lo") is not None else 0.0 for x, c in zip(xs, ci)],
+               [max(0.0, c["ci_hi"] - x) if c.get("ci_hi") is not None else 0.0 for x, c in zip(xs, ci)]]
+        ax.barh(ys, xs, height, label=label, xerr=err, error_kw=dict(lw=0.7, capsize=1.5))
     ax.set_yticks([i + height * (len(runs) - 1) / 2 for i in range(len(groups))],
                   [f"{g} (n={max(b.get(g, {}).get('n', 0) for b in runs.values())})" for g in groups], fontsize=7)
-    ax.set_xlabel(metric_label(summary, metric) + _direction(summary, metric))
+    ax.set_xlabel(metric_label(summary, metric) + _direction(summary, metric) + "; bars: 95% bootstrap CI")
     ax.set_ylabel("TruthfulQA category")
     ax.legend(fontsize=7)
     ax.set_title(f"{summary.get('task')} by category ({summary.get('model')})")

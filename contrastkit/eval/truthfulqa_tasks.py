@@ -147,9 +147,23 @@ class _TruthfulQABase:
                 if group:
                     groups.setdefault(group, []).append(r)
             if groups:
-                out[key] = {g: {"n": len(rs), **{m: float(np.mean([r[m] for r in rs])) for m in self.item_metrics
-                                                 if all(isinstance(r.get(m), (int, float)) for r in rs)}}
-                            for g, rs in sorted(groups.items())}
+                out[key] = {g: self._group_stats(rs) for g, rs in sorted(groups.items())}
+        return out
+
+    def _group_stats(self, rs: list[dict]) -> dict:
+        """``{"n", <metric>: mean, ..., "stats": {<metric>: mean/stderr/95% bootstrap CI}}`` of one group."""
+        from contrastkit.eval.report import N_BOOT
+        from contrastkit.eval.stats import summarize
+
+        out: dict = {"n": len(rs)}
+        stats = {}
+        for m in self.item_metrics:
+            if all(isinstance(r.get(m), (int, float)) for r in rs):
+                vals = [float(r[m]) for r in rs]
+                out[m] = float(np.mean(vals))
+                st = summarize(vals, n_boot=N_BOOT, seed=0)
+                stats[m] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in st.items()}
+        out["stats"] = stats
         return out
 
 

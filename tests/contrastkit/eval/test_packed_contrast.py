@@ -359,9 +359,9 @@ def test_packed_scorer_two_adapters_on_one_expert(tiny_tok, tmp_path):
     bind_tokenizer(expert, tiny_tok)
     scorer = PrefixCachedScorer(expert, tiny_tok, pack_tokens=48)
     base = tiny_llama(0, init_range=0.3, num_layers=N)
-    for d, m in zip(dirs, merged):
-        got = score_answers(expert, tiny_tok, contexts(), ANSWERS, "icd", amateur=d, cached_scorer=scorer)
-        assert_close(got, reference_table(tiny_tok, base, m))
+    for i in (0, 1, 0):  # back to the first adapter after the second was attached
+        got = score_answers(expert, tiny_tok, contexts(), ANSWERS, "icd", amateur=dirs[i], cached_scorer=scorer)
+        assert_close(got, reference_table(tiny_tok, base, merged[i]))
     a, b = (reference_table(tiny_tok, base, m) for m in merged)
     assert max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)) > 0.05  # the adapters differ
 

@@ -141,10 +141,18 @@ def test_category_breakdown_hand_computed():
              "mc1_lmeval": 0.0},
             {"category": "Law", "type": "Adversarial", "mc1": 0.0, "mc2": 0.4, "mc3": 1.0, "mc1_lmeval": 1.0}]
     b = task.breakdown(recs)
-    assert b["category"]["Misconceptions"] == pytest.approx({"n": 2, "mc1": 0.5, "mc2": 0.4, "mc3": 0.25,
-                                                             "mc1_lmeval": 0.5})
+    means = lambda g: {k: v for k, v in g.items() if k != "stats"}  # noqa: E731
+    assert means(b["category"]["Misconceptions"]) == pytest.approx({"n": 2, "mc1": 0.5, "mc2": 0.4, "mc3": 0.25,
+                                                                    "mc1_lmeval": 0.5})
     assert b["category"]["Law"]["n"] == 1 and b["category"]["Law"]["mc3"] == 1.0
-    assert b["type"]["Adversarial"] == pytest.approx({"n": 2, "mc1": 0.5, "mc2": 0.5, "mc3": 0.75, "mc1_lmeval": 1.0})
+    assert means(b["type"]["Adversarial"]) == pytest.approx({"n": 2, "mc1": 0.5, "mc2": 0.5, "mc3": 0.75,
+                                                            "mc1_lmeval": 1.0})
+    # per-group stderr with ddof=1 (lm-eval's rule): mc1 [1, 0] -> sd 0.7071 / sqrt 2 = 0.5 (ddof=0 gives 0.354);
+    # mc2 [0.6, 0.2] -> 0.2; one item (Law) has none; the 95% CI lies within the group's values
+    st = b["category"]["Misconceptions"]["stats"]
+    assert st["mc1"]["stderr"] == pytest.approx(0.5) and st["mc2"]["stderr"] == pytest.approx(0.2)
+    assert 0.0 <= st["mc1"]["ci_lo"] < 0.5 < st["mc1"]["ci_hi"] <= 1.0 and st["mc1"]["n"] == 2
+    assert b["category"]["Law"]["stats"]["mc1"]["stderr"] is None
     from contrastkit.eval.report import breakdown_markdown
 
     lines = breakdown_markdown({"strategies": {"greedy": {"breakdown": b}}, "item_metrics": ["mc1"]})
