@@ -89,7 +89,8 @@ def build_segment(context: Sequence[int], continuations: Sequence[Sequence[int]]
 def pack_rows(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Group segment indices into rows of total length <= ``max_tokens`` (first-fit decreasing).
 
-    A segment longer than ``max_tokens`` gets a row of its own. Rows come out longest first.
+    A segment longer than ``max_tokens`` gets a row of its own. Rows come out in the order they were opened:
+    the first holds the longest segment (not necessarily the most tokens).
     """
     rows: list[list[int]] = []
     room: list[int] = []
