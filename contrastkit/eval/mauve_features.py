@@ -60,7 +60,11 @@ class Featurizer:
             batch = [t if t.strip() else " " for t in texts[start:start + self.batch_size]]
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, truncation=True,
                                  max_length=self.max_length).to(device)
-            hidden = self.model(**enc, output_hidden_states=True).hidden_states[-1].float()  # (B, T, d)
+            extra = {}
+            if _is_decoder(self.model):  # left-padded rows: positions count real tokens only (absolute-position
+                # models such as GPT-2 otherwise give a text other features when it shares a batch with longer ones)
+                extra["position_ids"] = (enc["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+            hidden = self.model(**enc, **extra, output_hidden_states=True).hidden_states[-1].float()  # (B, T, d)
             feats = pool_hidden(hidden, enc["attention_mask"], self.pooling)
             if self.normalize:
                 feats = torch.nn.functional.normalize(feats, dim=-1)
