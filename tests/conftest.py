@@ -117,3 +117,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory):
+    """A saved tiny BERT encoder with its word tokenizer (CoAct's encoder, MAUVE's encoder featurizer). Read-only."""
+    from contrastkit.alignment.coact_testing import tiny_bert, tiny_word_tokenizer
+
+    path = tmp_path_factory.mktemp("enc") / "tiny-bert"
+    tiny_bert(0).save_pretrained(path)
+    tiny_word_tokenizer().save_pretrained(path)
+    return path

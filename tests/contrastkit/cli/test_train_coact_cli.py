@@ -8,18 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from contrastkit.alignment.coact_testing import synthetic_text, tiny_bert, tiny_word_tokenizer
+from contrastkit.alignment.coact_testing import synthetic_text, tiny_bert
 from contrastkit.cli.main import main as cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("enc") / "tiny-bert"
-    tiny_bert(0).save_pretrained(path)
-    tiny_word_tokenizer().save_pretrained(path)
-    return path
 
 
 def write_jsonl(path: Path, texts, labels, text_key="text", label_key="intent"):
@@ -140,7 +132,6 @@ def test_resume_refuses_an_encoder_folder_whose_weights_changed(bert_dir, data, 
     """Same --model path, other weights: the checkpoint's identity is the folder's bytes, not its name."""
     import shutil
 
-    from contrastkit.alignment.coact_testing import tiny_bert
 
     tr, te = data
     enc = tmp_path / "enc"

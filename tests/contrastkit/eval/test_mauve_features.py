@@ -15,16 +15,6 @@ TEXTS = ["the cat saw a dog", "red", "once upon a time there lived a king and a 
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    from contrastkit.alignment.coact_testing import tiny_bert, tiny_word_tokenizer
-
-    path = tmp_path_factory.mktemp("enc") / "tiny-bert"
-    tiny_bert(0).save_pretrained(path)
-    tiny_word_tokenizer().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
     from contrastkit.testing import save_tiny, tiny_gpt2, tiny_tokenizer
 
