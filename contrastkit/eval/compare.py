@@ -3,7 +3,8 @@
 Each directory is a ``contrastkit eval ...`` output (``summary.json`` + ``records/``). Every run
 (label) in every directory becomes a row, named ``<dir>/<label>`` when several directories are
 given, where ``<dir>`` is the directory's name, or as many of its trailing path parts as make it
-unique (``exp1/out/greedy`` and ``exp2/out/greedy``); a directory given twice is an error. Metrics with per-item values (the task's ``item_metrics``, recorded in ``summary.json``)
+unique (``exp1/out/greedy`` and ``exp2/out/greedy``); a directory given twice is an error.
+Metrics with per-item values (the task's ``item_metrics``, recorded in ``summary.json``)
 get a standard error and a bootstrap CI, and every run is compared with the baseline on the
 items both have (paired bootstrap and sign test, :mod:`contrastkit.eval.stats`). Items are
 matched by id *and* by the stored item text (``item_key``), so runs over different data

@@ -469,12 +469,13 @@ class PrefixCachedScorer:
         R, L = batch.input_ids.shape
         inner, body = unwrap_causal_lm(self.model)
         hidden = self._run_body(body, batch, n_prefix, cache).last_hidden_state.reshape(R * L, -1)
-        rows = torch.unique(batch.read_index.to(self.device))  # each scoring token's head runs once
+        rows, inv = torch.unique(batch.read_index.to(self.device), return_inverse=True)  # each head runs once
         head = inner.get_output_embeddings()
         # log_softmax, not logits - logsumexp: the op lm-eval and contrastkit.score use. On CPU torch's fp32
         # log_softmax runs ~1e-5 per token below the exact value, logsumexp does not; using the same op keeps
         # our answer log-likelihoods within ~3e-5 of lm-eval's instead of up to ~3e-4 on long answers.
-        return self._sum_reads(batch, 1024, lambda a, b: torch.log_softmax(upcast(head(hidden[rows[a:b]])), dim=-1))
+        return self._sum_reads(batch, inv, rows.shape[0], 1024,
+                               lambda a, b: torch.log_softmax(upcast(head(hidden[rows[a:b]])), dim=-1))
 
     def _forward_packed_rule(self, batch, n_prefix: int, rule) -> torch.Tensor:
         """Every stream of ``rule`` over the packed rows; each answer's summed fused score (float64).
@@ -483,7 +484,7 @@ class PrefixCachedScorer:
         layers); the heads and the fuse run on those, in slabs of ``rule_slab`` positions.
         """
         R, L = batch.input_ids.shape
-        rows = torch.unique(batch.read_index.to(self.device))
+        rows, inv = torch.unique(batch.read_index.to(self.device), return_inverse=True)
         states = {}
         for stream in rule.streams:
             primer = self._stream_cache(stream, n_prefix)  # before the switch: switches do not nest
@@ -497,24 +498,24 @@ class PrefixCachedScorer:
             return rule.fused_scores({k: (f[a:b], {j: h[a:b] for j, h in low.items()})
                                       for k, (f, low) in states.items()})
 
-        return self._sum_reads(batch, self.rule_slab, fused)
+        return self._sum_reads(batch, inv, rows.shape[0], self.rule_slab, fused)
 
-    def _sum_reads(self, batch, slab: int, scores_at) -> torch.Tensor:
+    def _sum_reads(self, batch, inv: torch.Tensor, n_unique: int, slab: int, scores_at) -> torch.Tensor:
         """Each answer's summed score over its read positions (float64): (answers,) or (answers, K).
 
-        ``scores_at(a, b)`` gives the (b - a, V) scores (or a list of K of them) of the unique read
-        positions ``a:b`` (in ``torch.unique(read_index)`` order); it runs once per slab of ``slab``
+        ``inv`` maps each read to its unique read position (``torch.unique(read_index,
+        return_inverse=True)``, ``n_unique`` of them). ``scores_at(a, b)`` gives the (b - a, V) scores
+        (or a list of K of them) of the unique positions ``a:b``; it runs once per slab of ``slab``
         positions, and every read takes its token's entry from its position's row.
         """
-        read_index, read_token = batch.read_index.to(self.device), batch.read_token.to(self.device)
-        rows, inv = torch.unique(read_index, return_inverse=True)
+        read_token = batch.read_token.to(self.device)
         score = None
-        for s in range(0, rows.shape[0], slab):
+        for s in range(0, n_unique, slab):
             sel = ((inv >= s) & (inv < s + slab)).nonzero().squeeze(-1)
-            parts = scores_at(s, min(s + slab, rows.shape[0]))
+            parts = scores_at(s, min(s + slab, n_unique))
             parts = [parts] if torch.is_tensor(parts) else list(parts)
             if score is None:
-                score = torch.empty((read_index.shape[0], len(parts)), dtype=torch.float64, device=self.device)
+                score = torch.empty((inv.shape[0], len(parts)), dtype=torch.float64, device=self.device)
             for k, f in enumerate(parts):
                 score[sel, k] = f[inv[sel] - s, read_token[sel]].double()
         totals = torch.zeros((len(batch.answers), score.shape[1]), dtype=torch.float64, device=self.device)

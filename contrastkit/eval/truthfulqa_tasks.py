@@ -138,7 +138,7 @@ class _TruthfulQABase:
         A record's group comes from this run's items (matched by question), so records written
         before ``--categories`` was given are grouped too; the record's own fields otherwise.
         """
-        current = {it.question: {"category": it.category, "type": it.type} for it in getattr(self, "_items", ())}
+        current = {it.question: {"category": it.category, "type": it.type} for it in self._items}
         out = {}
         for key in ("category", "type"):
             groups: dict[str, list[dict]] = {}
@@ -151,20 +151,15 @@ class _TruthfulQABase:
         return out
 
     def _group_stats(self, rs: list[dict]) -> dict:
-        """``{"n", <metric>: mean, ..., "stats": {<metric>: mean/stderr/95% bootstrap CI}}`` of one group."""
-        from contrastkit.eval.report import N_BOOT
-        from contrastkit.eval.stats import summarize
+        """``{"n", <metric>: mean, ..., "stats": {<metric>: mean/stderr/95% bootstrap CI}}`` of one group
+        (the run-level :func:`contrastkit.eval.report.item_statistics`, over the metrics every record has)."""
+        from contrastkit.eval.report import item_statistics
 
-        out: dict = {"n": len(rs)}
-        stats = {}
-        for m in self.item_metrics:
-            if all(isinstance(r.get(m), (int, float)) for r in rs):
-                vals = [float(r[m]) for r in rs]
-                out[m] = float(np.mean(vals))
-                st = summarize(vals, n_boot=N_BOOT, seed=0)
-                stats[m] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in st.items()}
-        out["stats"] = stats
-        return out
+        metrics = [m for m in self.item_metrics if all(isinstance(r.get(m), (int, float)) for r in rs)]
+        stats = item_statistics(rs, metrics)
+        return {"n": len(rs), **{m: stats[m]["mean"] for m in metrics},
+                "stats": {m: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in st.items()}
+                          for m, st in stats.items()}}
 
 
 MC_HELP = {

@@ -136,6 +136,7 @@ def test_mc2_formula_independent_of_package():
 
 def test_category_breakdown_hand_computed():
     task = tt.TruthfulQAMC.__new__(tt.TruthfulQAMC)
+    task._items = []  # no items: each record's own category and type
     recs = [{"category": "Misconceptions", "type": "Adversarial", "mc1": 1.0, "mc2": 0.6, "mc3": 0.5, "mc1_lmeval": 1.0},
             {"category": "Misconceptions", "type": "Non-Adversarial", "mc1": 0.0, "mc2": 0.2, "mc3": 0.0,
              "mc1_lmeval": 0.0},
